@@ -1,4 +1,4 @@
-"""L2Normalize and EmbeddingHead ("fc" and "gdc")."""
+"""L2Normalize and EmbeddingHead ("fc", "gdc" and "gap")."""
 
 import numpy as np
 import pytest
@@ -31,7 +31,7 @@ def test_l2_normalize_float32_under_mixed_precision(mixed_precision):
     np.testing.assert_allclose(np.linalg.norm(out.numpy(), axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["fc", "gdc"])
+@pytest.mark.parametrize("kind", ["fc", "gdc", "gap"])
 @pytest.mark.parametrize("size", [(7, 7), (4, 4), (7, 6)])
 def test_head_shapes(kind, size):
     head = EmbeddingHead(24, kind=kind, dropout=0.2)
@@ -42,6 +42,9 @@ def test_head_shapes(kind, size):
         # GDConv kernel covers the whole feature map: one weight per position and channel.
         assert tuple(head.gdconv.kernel.shape[:2]) == size
         assert head.dense.kernel.shape == (16, 24)
+    elif kind == "gap":
+        assert head.dense.kernel.shape == (16, 24)
+        assert not hasattr(head, "input_bn")
     else:
         assert head.dense.kernel.shape == (size[0] * size[1] * 16, 24)
     assert not head.dense.use_bias
@@ -58,7 +61,7 @@ def test_head_inference_deterministic_and_config():
 
 def test_head_rejects_bad_arguments():
     with pytest.raises(ValueError, match="kind"):
-        EmbeddingHead(8, kind="gap")
+        EmbeddingHead(8, kind="avg")
     with pytest.raises(ValueError, match="dropout"):
         EmbeddingHead(8, dropout=1.0)
     with pytest.raises(ValueError, match=r"\(B, h, w, C\)"):
@@ -70,3 +73,19 @@ def test_head_mixed_precision(mixed_precision):
     out = head(tf.random.normal((2, 4, 4, 8)))
     assert out.dtype == tf.float16
     assert all(w.dtype == "float32" for w in head.weights)
+
+
+def test_gap_head_equals_numpy_reference():
+    # GAP -> Dense -> BN(inference, scale fixed at 1) computed by hand.
+    head = EmbeddingHead(5, kind="gap")
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 3, 3, 6)).astype("float32")
+    head(x)
+    kernel = rng.normal(size=(6, 5)).astype("float32")
+    mean, var, beta = rng.normal(size=5), rng.uniform(0.5, 2, size=5), rng.normal(size=5)
+    head.dense.kernel.assign(kernel)
+    head.output_bn.moving_mean.assign(mean.astype("float32"))
+    head.output_bn.moving_variance.assign(var.astype("float32"))
+    head.output_bn.beta.assign(beta.astype("float32"))
+    expected = (x.mean(axis=(1, 2)) @ kernel - mean) / np.sqrt(var + 1e-5) + beta
+    np.testing.assert_allclose(head(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-_HEAD_KINDS = ("fc", "gdc")
+_HEAD_KINDS = ("fc", "gdc", "gap")
 
 
 @keras.saving.register_keras_serializable(package="tfface")
@@ -54,7 +54,7 @@ class L2Normalize(keras.layers.Layer):
 class EmbeddingHead(keras.layers.Layer):
     """Maps a backbone feature map ``(B, h, w, C)`` to an un-normalised embedding ``(B, D)``.
 
-    Two variants:
+    Three variants:
 
     ``kind="fc"`` — the "BN-Dropout-FC-BN" output block (option "E") of ArcFace (Deng et al. 2019),
     as in InsightFace's IResNet::
@@ -65,6 +65,12 @@ class EmbeddingHead(keras.layers.Layer):
     Table 1 rows "linear GDConv7x7, 512" and "linear conv1x1, 128")::
 
         DepthwiseConv(k = h x w, valid, linear) -> BN -> Flatten -> [Dropout] -> Dense(D) -> BN
+
+    ``kind="gap"`` — global average pooling, the "Bottleneck" layer of FaceNet as Sandberg's
+    Inception-ResNet-v1 writes it (``avg_pool -> dropout -> fully_connected(512) -> batch_norm``), and
+    OpenFace nn4.small2's final ``avgpool 3x3 -> linear(736, 128)``::
+
+        GlobalAveragePooling -> Dropout -> Dense(D) -> BN
 
     The GDConv kernel equals the *built* spatial size of the feature map (7x7 for a 112x112 input,
     4x4 for 56x56), so every spatial position gets its own learned weight — the point of GDConv
@@ -83,7 +89,7 @@ class EmbeddingHead(keras.layers.Layer):
 
     Args:
         embedding_size: D.
-        kind: ``"fc"`` or ``"gdc"``.
+        kind: ``"fc"``, ``"gdc"`` or ``"gap"``.
         dropout: dropout rate before the Dense layer (active only when ``training=True``).
         bn_momentum, bn_epsilon: BatchNorm settings for the head's BN layers.
         kernel_initializer: initializer of the Dense (and GDConv) kernels.
@@ -139,6 +145,10 @@ class EmbeddingHead(keras.layers.Layer):
             self.input_bn = self._bn("gdconv_bn")
             self.input_bn.build((None, 1, 1, c))
             flat = c
+        elif self.kind == "gap":
+            # No BN before the pooling: FaceNet and OpenFace pool the last block's activations directly.
+            self.pool = keras.layers.GlobalAveragePooling2D(name="pool", dtype=self.dtype_policy)
+            flat = c
         else:
             self.input_bn = self._bn("input_bn")
             self.input_bn.build(input_shape)
@@ -162,6 +172,9 @@ class EmbeddingHead(keras.layers.Layer):
             x = self.gdconv(x)
             x = self.input_bn(x, training=training)
             x = self.flatten(x)
+            x = self.dropout_layer(x, training=training)
+        elif self.kind == "gap":
+            x = self.pool(x)
             x = self.dropout_layer(x, training=training)
         else:
             x = self.input_bn(x, training=training)
