@@ -27,6 +27,11 @@ setup(
         "dev": ["pytest", "scikit-learn", "ruff"],
         "faiss": ["faiss-cpu"],
         "onnx": ["tf2onnx", "onnxruntime"],
+        # tfface-convert: reads arcface_torch / InsightFace ONNX weights (no onnx-tf, no onnxruntime).
+        "convert": ["onnx"],
+        # Tests of tfface-convert build the PyTorch reference networks and export them to ONNX. 2.13.0 is the
+        # CPU build available offline here; any torch with the TorchScript ONNX exporter (dynamo=False) works.
+        "torch-test": ["torch==2.13.0", "onnx"],
     },
     entry_points={
         "console_scripts": [
@@ -34,6 +39,7 @@ setup(
             "tfface-eval=tfface.cli.evaluate:run",
             "tfface-export=tfface.cli.export:run",
             "tfface-synth=tfface.cli.synth:run",
+            "tfface-convert=tfface.cli.convert:run",
         ]
     },
     classifiers=[

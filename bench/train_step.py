@@ -1,6 +1,7 @@
 """Benchmark: images/s of one tfface training step (backbone + embedding head + ArcFace + SGD).
 
     python bench/train_step.py --backbone=mobilefacenet --batch_size=64 --input_size=112,112
+    python bench/train_step.py --backbone=iresnet18 --prelu_impl=keras   # baseline: keras.layers.PReLU
 
 Prints one JSON object. The input is a fixed in-memory batch, so the figure is the model step alone
 (forward, backward, optimiser update), not the input pipeline.
@@ -25,10 +26,27 @@ flags.DEFINE_integer("num_classes", 1000, "Classes of the ArcFace head.")
 flags.DEFINE_integer("embedding_size", 512, "Embedding size.")
 flags.DEFINE_integer("warmup_steps", 3, "Steps not timed (tracing, allocation).")
 flags.DEFINE_integer("steps", 10, "Timed steps.")
+flags.DEFINE_enum("prelu_impl", "tfface", ["tfface", "keras"],
+                  "PReLU implementation: tfface's fast form, or keras.layers.PReLU for comparison.")
+
+
+def _use_keras_prelu():
+    """Makes every backbone built afterwards use keras.layers.PReLU (same slopes, same init)."""
+    import keras
+
+    import tfface.layers.prelu as prelu_module
+
+    class KerasPReLU(keras.layers.PReLU):
+        def __init__(self, alpha_initializer=None, **kwargs):
+            super().__init__(alpha_initializer=alpha_initializer or keras.initializers.Constant(0.25), **kwargs)
+
+    prelu_module.PReLU = KerasPReLU
 
 
 def main(argv):
     del argv
+    if FLAGS.prelu_impl == "keras":
+        _use_keras_prelu()  # before tfface.models is imported, so the backbones pick it up
     import keras
     import tensorflow as tf
 
@@ -58,6 +76,7 @@ def main(argv):
     print(json.dumps({
         "benchmark": "train_step",
         "backbone": cfg.backbone, "width_multiplier": cfg.width_multiplier, "activation": cfg.activation,
+        "prelu_impl": FLAGS.prelu_impl,
         "input_size": [h, w], "batch_size": cfg.batch_size, "num_classes": FLAGS.num_classes,
         "params": int(feature_model.count_params()),
         "steps": FLAGS.steps, "step_ms": round(1000 * seconds / FLAGS.steps, 1),

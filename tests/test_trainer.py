@@ -103,6 +103,15 @@ def test_margin_flag_the_head_does_not_take_fails_before_work(tmp_path):
     assert not (tmp_path / "w" / "data").exists()
 
 
+def test_backbone_option_it_does_not_have_fails_before_work(tmp_path):
+    # TINY sets --width_multiplier=0.25, which only MobileFaceNet takes.
+    proc = train(f"--workdir={tmp_path / 'w'}", "--backbone=iresnet18", check=False)
+    assert proc.returncode != 0 and "--width_multiplier=0.25" in proc.stderr and "iresnet18" in proc.stderr
+    assert not (tmp_path / "w" / "data").exists()
+    proc = train(f"--workdir={tmp_path / 'w'}", "--backbone=resnet9000", check=False)
+    assert proc.returncode != 0 and "available: " in proc.stderr
+
+
 def test_init_from_starts_a_triplet_run_from_a_softmax_run(run, tmp_path):
     workdir, _ = run
     proc = train(f"--workdir={tmp_path / 'w'}", f"--data_dir={workdir / 'data'}", f"--init_from={workdir}",

@@ -33,7 +33,14 @@ from tfface.train.config import TrainConfig
 from tfface.train.schedules import build_lr_schedule
 from tfface.train.step import build_metric_loss, build_optimizer, make_train_step
 from tfface.train.strategy import make_strategy
-from tfface.train.workdir import build_models, export_metadata, head_kwargs, restore_feature_model, uses_head
+from tfface.train.workdir import (
+    backbone_kwargs,
+    build_models,
+    export_metadata,
+    head_kwargs,
+    restore_feature_model,
+    uses_head,
+)
 
 LOG_EVERY_STEPS = 10  # TensorBoard step scalars; per-epoch figures go to metrics.json as well
 
@@ -46,6 +53,7 @@ class Trainer:
         self.cfg = cfg.validate()
         if uses_head(cfg):
             head_kwargs(cfg)  # a margin flag the chosen head does not take fails here, before any work
+        backbone_kwargs(cfg)  # so does an unknown --backbone or an option it does not have
         self.strategy = strategy or make_strategy(cfg.strategy)
         os.makedirs(cfg.workdir, exist_ok=True)
         atomic_write_text(os.path.join(cfg.workdir, "config.json"), cfg.to_json() + "\n")

@@ -16,6 +16,7 @@ from tfface.data.folder import read_classes
 from tfface.layers.center import CenterLoss
 from tfface.layers.heads import build_head, head_kwargs_names
 from tfface.models.face_model import build_embedding_model, build_feature_model
+from tfface.models.registry import backbone_spec
 from tfface.train.config import TrainConfig
 
 
@@ -50,9 +51,34 @@ def head_kwargs(cfg: TrainConfig) -> dict:
     return kwargs
 
 
+def backbone_kwargs(cfg: TrainConfig) -> dict:
+    """The backbone options a run sets: ``--width_multiplier`` and ``--activation`` where they differ from
+    the defaults. ``ValueError`` naming the flag if the backbone has no such option (only MobileFaceNet
+    is width-scalable and has a ReLU variant; the others are the papers' fixed networks)."""
+    spec = backbone_spec(cfg.backbone)
+    kwargs = {}
+    for option, default in (("width_multiplier", 1.0), ("activation", "prelu")):
+        value = getattr(cfg, option)
+        if value == default:
+            continue
+        if option not in spec.options:
+            raise ValueError(f"--{option}={value!r}: backbone {cfg.backbone!r} has no such option "
+                             f"(only the paper's network; options it takes: {list(spec.options) or 'none'})")
+        kwargs[option] = value
+    return kwargs
+
+
 def uses_head(cfg: TrainConfig) -> bool:
     """Whether any stage of the run trains through a classification head."""
     return cfg.loss == "softmax_ce" or cfg.pretrain_epochs > 0
+
+
+def build_face_models(cfg: TrainConfig):
+    """(feature_model, embedding_model) for `cfg`, sharing weights; no classification head."""
+    feature_model = build_feature_model(
+        cfg.backbone, input_shape=(*cfg.input_size, 3), embedding_size=cfg.embedding_size,
+        backbone_kwargs=backbone_kwargs(cfg), head_kwargs={"dropout": cfg.dropout})
+    return feature_model, build_embedding_model(feature_model)
 
 
 def build_models(cfg: TrainConfig, num_classes: int):
@@ -60,11 +86,7 @@ def build_models(cfg: TrainConfig, num_classes: int):
 
     `head` is None for a pure metric-loss run, `center` None without center loss.
     """
-    feature_model = build_feature_model(
-        cfg.backbone, input_shape=(*cfg.input_size, 3), embedding_size=cfg.embedding_size,
-        backbone_kwargs={"width_multiplier": cfg.width_multiplier, "activation": cfg.activation},
-        head_kwargs={"dropout": cfg.dropout})
-    embedding_model = build_embedding_model(feature_model)
+    feature_model, embedding_model = build_face_models(cfg)
     head = center = None
     if uses_head(cfg):
         head = build_head(cfg.head, num_classes, **head_kwargs(cfg))
@@ -98,8 +120,9 @@ def restore_feature_model(feature_model, path: str) -> str:
 def restore_embedding_model(workdir: str, checkpoint: str | None = None):
     """Rebuild the run's models and restore `checkpoint` (default: the latest). Returns (cfg, model, path)."""
     cfg = load_config(workdir)
-    num_classes = len(read_classes(os.path.join(workdir, "classes.txt")))
-    feature_model, embedding_model, _, _ = build_models(cfg, num_classes)
+    # Only the backbone and embedding head are restored, so no class count is needed (a work directory
+    # made by tfface-convert has none).
+    feature_model, embedding_model = build_face_models(cfg)
     path = restore_feature_model(feature_model, checkpoint or workdir)
     return cfg, embedding_model, path
 
