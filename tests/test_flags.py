@@ -57,3 +57,15 @@ def test_inconsistent_values_fail_before_work_naming_the_flag(tmp_path, args, fl
 def test_workdir_is_required():
     with pytest.raises(flags.Error, match="workdir"):
         parse([])
+
+
+@pytest.mark.parametrize("backbone,input_size,expected", [
+    ("iresnet100", "112,112", ("iresnet18", (48, 48), 1.0)),  # the family's cheapest member
+    ("sphere64", "112,96", ("sphere4", (48, 40), 1.0)),
+    ("inception_resnet_v1", "160,160", ("inception_resnet_v1", (80, 80), 1.0)),  # >= its 75-pixel minimum
+    ("mobilefacenet", "112,112", ("mobilefacenet", (48, 48), 0.25)),  # width-scalable
+])
+def test_smoke_shrinks_backbone_and_input(tmp_path, backbone, input_size, expected):
+    cfg = parse([f"--workdir={tmp_path}", f"--backbone={backbone}", f"--input_size={input_size}", "--smoke"])
+    assert (cfg.backbone, cfg.input_size, cfg.width_multiplier) == expected
+    assert cfg.steps_per_epoch == 2 and cfg.dataset == "synthetic"

@@ -24,16 +24,21 @@ class BackboneSpec:
         head: the ``EmbeddingHead`` kind its paper uses.
         input_size: the paper's (H, W); every builder also accepts other sizes its strides allow.
         options: keyword options the trainer may pass (``--width_multiplier``, ``--activation``).
+        min_size: the smallest H and W the builder accepts.
+        smoke: the family member ``tfface-train --smoke`` trains instead (the cheapest of the family), so
+            a recipe's seconds-long smoke run checks its flags without building a 65M-parameter network.
     """
 
     builder: object
     head: str = "fc"
     input_size: tuple = (112, 112)
     options: tuple = ()
+    min_size: int = 16
+    smoke: str | None = None
 
 
-_IRESNET = {"head": "fc", "input_size": (112, 112)}
-_SPHERE = {"head": "fc", "input_size": (112, 96)}
+_IRESNET = {"head": "fc", "input_size": (112, 112), "smoke": "iresnet18"}
+_SPHERE = {"head": "fc", "input_size": (112, 96), "smoke": "sphere4"}
 _MBF = {"head": "gdc", "input_size": (112, 112)}
 
 _SPECS = {
@@ -45,20 +50,20 @@ _SPECS = {
     "iresnet50": BackboneSpec(iresnet50, **_IRESNET),
     "iresnet100": BackboneSpec(iresnet100, **_IRESNET),
     "iresnet200": BackboneSpec(iresnet200, **_IRESNET),
-    "inception_resnet_v1": BackboneSpec(inception_resnet_v1, head="gap", input_size=(160, 160)),
+    "inception_resnet_v1": BackboneSpec(inception_resnet_v1, head="gap", input_size=(160, 160), min_size=75),
     "sphere4": BackboneSpec(sphere4, **_SPHERE),
     "sphere10": BackboneSpec(sphere10, **_SPHERE),
     "sphere20": BackboneSpec(sphere20, **_SPHERE),
     "sphere36": BackboneSpec(sphere36, **_SPHERE),
     "sphere64": BackboneSpec(sphere64, **_SPHERE),
-    "nn4_small2": BackboneSpec(nn4_small2, head="gap", input_size=(96, 96)),
+    "nn4_small2": BackboneSpec(nn4_small2, head="gap", input_size=(96, 96), min_size=65),
 }
 
 # name -> builder, kept for callers that only need the function.
 BACKBONES = {name: spec.builder for name, spec in _SPECS.items()}
 
 
-def register_backbone(name, builder, default_head="fc", input_size=(112, 112), options=()):
+def register_backbone(name, builder, default_head="fc", input_size=(112, 112), options=(), min_size=16):
     """Adds a backbone family; ``builder(input_shape=..., **options)`` must return a ``keras.Model``.
 
     Raises ``ValueError`` if ``name`` is already taken (silently replacing a builder would make
@@ -66,7 +71,7 @@ def register_backbone(name, builder, default_head="fc", input_size=(112, 112), o
     """
     if name in _SPECS:
         raise ValueError(f"backbone {name!r} is already registered")
-    _SPECS[name] = BackboneSpec(builder, default_head, tuple(input_size), tuple(options))
+    _SPECS[name] = BackboneSpec(builder, default_head, tuple(input_size), tuple(options), int(min_size))
     BACKBONES[name] = builder
     return builder
 
@@ -93,6 +98,17 @@ def default_input_size(name):
     """The paper's input (H, W) of backbone ``name``: 112x112 (IResNet, MobileFaceNet), 112x96 (SphereFace),
     160x160 (Inception-ResNet-v1 / FaceNet), 96x96 (OpenFace nn4.small2)."""
     return backbone_spec(name).input_size
+
+
+def smoke_settings(name):
+    """What ``tfface-train --smoke`` changes about backbone ``name``: the backbone it trains instead (the
+    family's cheapest member), the smallest input side that backbone takes, and the width multiplier
+    (0.25 where the backbone is width-scalable)."""
+    spec = backbone_spec(name)
+    smoke_name = spec.smoke or name
+    smoke_spec = backbone_spec(smoke_name)
+    return {"backbone": smoke_name, "min_input": smoke_spec.min_size,
+            "width_multiplier": 0.25 if "width_multiplier" in smoke_spec.options else 1.0}
 
 
 def build_backbone(name, input_shape=(112, 112, 3), **kwargs):

@@ -89,14 +89,21 @@ class TrainConfig:
         """Batch size of the P×K batches metric losses train on."""
         return self.pk_identities * self.pk_images
 
-    def smoke(self) -> TrainConfig:
-        """The same recipe shrunk to a seconds-long run on tiny synthetic data (for `--smoke` tests)."""
-        scale = 48 / max(self.input_size)
-        size = tuple(max(32, int(round(s * scale / 8)) * 8) for s in self.input_size)
+    def smoke(self, backbone: str | None = None, min_input: int = 32, width_multiplier: float = 0.25) -> TrainConfig:
+        """The same recipe shrunk to a seconds-long run on tiny synthetic data (for `--smoke` tests).
+
+        The input's longer side becomes 48 (at least ``min_input``, rounded up to a multiple of 8); the CLI
+        passes ``backbone`` / ``min_input`` / ``width_multiplier`` from ``tfface.models.registry.smoke_settings``
+        (the family's cheapest member, e.g. iresnet18 for iresnet100).
+        """
+        scale = max(48, min_input) / max(self.input_size)
+        size = tuple(max(32, min_input, int(round(s * scale / 8)) * 8) for s in self.input_size)
+        size = tuple(-(-s // 8) * 8 for s in size)
         return dataclasses.replace(
             self, dataset="synthetic", data_dir=os.path.join(self.workdir, "data"), synth_train_identities=12,
             synth_heldout_identities=10, synth_images_per_identity=4, cache_images=False,
-            input_size=size, width_multiplier=0.25, embedding_size=16, batch_size=16, val_batch_size=64,
+            backbone=backbone or self.backbone, input_size=size, width_multiplier=width_multiplier,
+            embedding_size=16, batch_size=16, val_batch_size=64,
             pk_identities=min(self.pk_identities, 4), pk_images=min(self.pk_images, 4),
             epochs=2 if self.pretrain_epochs else 1, pretrain_epochs=min(self.pretrain_epochs, 1),
             steps_per_epoch=2, warmup_epochs=0.0, init_from="")

@@ -171,4 +171,8 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> TrainConfig:
             value = _ints(",".join(value))
         kwargs[field.name] = value
     cfg = TrainConfig(**kwargs)
-    return (cfg.smoke() if fv["smoke"].value else cfg).validate()
+    if fv["smoke"].value:
+        from tfface.models.registry import smoke_settings  # imports TensorFlow; only the smoke path needs it
+
+        cfg = cfg.smoke(**smoke_settings(cfg.backbone))
+    return cfg.validate()

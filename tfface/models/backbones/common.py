@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import keras
 
+from tfface.layers.grouped_conv import GroupedConv2D
 from tfface.layers.prelu import PReLU
 
 
@@ -33,7 +34,8 @@ def conv2d(x, filters, kernel_size, strides=1, name=None, padding=None, groups=1
 
     ``padding=None`` means ``kernel_size // 2`` on every side (PyTorch's usual ``padding=k//2``);
     pass an int or (h, w) pair to pad differently, 0 for none. ``groups == c_in == filters`` is a
-    depthwise convolution (``DepthwiseConv2D``, the fast kernel for it in TF).
+    depthwise convolution (``DepthwiseConv2D``, the fast kernel for it in TF); other ``groups > 1`` use
+    ``tfface.layers.grouped_conv.GroupedConv2D`` (TF has no CPU kernel for grouped convolution).
     """
     x, keras_padding = _pad_then(x, kernel_size, strides, padding, name)
     in_channels = x.shape[-1]
@@ -41,7 +43,8 @@ def conv2d(x, filters, kernel_size, strides=1, name=None, padding=None, groups=1
         return keras.layers.DepthwiseConv2D(
             kernel_size, strides=strides, padding=keras_padding, depth_multiplier=filters // in_channels,
             use_bias=use_bias, depthwise_initializer=kernel_initializer, name=name)(x)
-    return keras.layers.Conv2D(
+    # GroupedConv2D is Conv2D (same kernel layout) with a fast CPU path when groups > 1.
+    return GroupedConv2D(
         filters, kernel_size, strides=strides, padding=keras_padding, groups=groups, use_bias=use_bias,
         kernel_initializer=kernel_initializer, name=name)(x)
 
