@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from tfface.models.backbones import inception_resnet_v1 as _irv1
+from tfface.models.backbones import nn4_small2 as _nn4
 from tfface.models.backbones.inception_resnet_v1 import inception_resnet_v1
 from tfface.models.backbones.iresnet import iresnet18, iresnet34, iresnet50, iresnet100, iresnet200
 from tfface.models.backbones.mobilefacenet import mbf, mbf_large, mobilefacenet
@@ -50,13 +52,14 @@ _SPECS = {
     "iresnet50": BackboneSpec(iresnet50, **_IRESNET),
     "iresnet100": BackboneSpec(iresnet100, **_IRESNET),
     "iresnet200": BackboneSpec(iresnet200, **_IRESNET),
-    "inception_resnet_v1": BackboneSpec(inception_resnet_v1, head="gap", input_size=(160, 160), min_size=75),
+    "inception_resnet_v1": BackboneSpec(inception_resnet_v1, head="gap", input_size=(160, 160),
+                                        min_size=_irv1.MIN_INPUT_SIZE),
     "sphere4": BackboneSpec(sphere4, **_SPHERE),
     "sphere10": BackboneSpec(sphere10, **_SPHERE),
     "sphere20": BackboneSpec(sphere20, **_SPHERE),
     "sphere36": BackboneSpec(sphere36, **_SPHERE),
     "sphere64": BackboneSpec(sphere64, **_SPHERE),
-    "nn4_small2": BackboneSpec(nn4_small2, head="gap", input_size=(96, 96), min_size=65),
+    "nn4_small2": BackboneSpec(nn4_small2, head="gap", input_size=(96, 96), min_size=_nn4.MIN_INPUT_SIZE),
 }
 
 # name -> builder, kept for callers that only need the function.
