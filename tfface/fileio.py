@@ -6,19 +6,25 @@ half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 
 
-def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> None:
-    """Write `text` to `path` atomically (temp file in the same directory + os.replace)."""
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb", encoding: str | None = None):
+    """Context manager yielding a file object whose content replaces `path` only if the block completes.
+
+    Writes a temporary sibling (same directory, so the rename is atomic), flushes and fsyncs it, then
+    ``os.replace``s it over `path`; on any exception the temporary file is removed and `path` is untouched.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding=encoding) as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode, encoding=encoding) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -26,6 +32,18 @@ def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write `data` to `path` atomically (temp file in the same directory + os.replace)."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> None:
+    """Write `text` to `path` atomically (temp file in the same directory + os.replace)."""
+    with atomic_open(path, "w", encoding=encoding) as fh:
+        fh.write(text)
 
 
 def atomic_write_json(path: str, obj, indent: int = 2) -> None:
