@@ -153,3 +153,51 @@ def test_cli_rejects_model_without_expected_signature(workspace, tmp_path):
     result = _run(*_flags(workspace, model=tmp_path / "wrong"))
     assert result.returncode != 0
     assert "--model" in result.stderr and "'images'" in result.stderr, result.stderr[-3000:]
+
+
+def _write_pair_bin(ws, path):
+    """The workspace's pairs as an InsightFace .bin: encoded images in pair order + issame."""
+    from tfface.data.bins import write_bin
+
+    pairs = read_pairs(ws / "pairs.txt")
+    images = []
+    for left, right in zip(pairs.left, pairs.right, strict=True):
+        for rel in (left, right):
+            images.append((ws / "images" / rel).read_bytes())
+    write_bin(str(path), images, pairs.issame)
+    return pairs
+
+
+def test_cli_bin_set(workspace, tmp_path):
+    from tfface.cli.evaluate import bin_pair_images
+    from tfface.data.bins import read_bin
+
+    bin_path = tmp_path / "lfw.bin"
+    _write_pair_bin(workspace, bin_path)
+    out = tmp_path / "bin.json"
+    result = _run(f"--model={workspace / 'model'}", f"--bin={bin_path}", "--flip_fusion=none", f"--output={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["num_pairs"] == 20 and report["num_images"] == 40 and report["n_folds"] == 10
+    assert report["folds"] == "contiguous"  # InsightFace's KFold(10, shuffle=False) over the .bin's pairs
+    expected = evaluate_pairs(numpy_embed, bin_pair_images(read_bin(str(bin_path)), MODEL_SIZE), flip_fusion="none")
+    for key in ("accuracy_mean", "auc", "eer"):
+        assert report[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_cli_bin_errors(workspace, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.bin"
+    evil.write_bytes(pickle.dumps(([Evil()], [True])))
+    result = _run(f"--model={workspace / 'model'}", f"--bin={evil}")
+    assert result.returncode != 0 and "--bin" in result.stderr and not marker.exists()
+    # --bin replaces the folder + pairs inputs; giving both is an error naming the flags.
+    result = _run(*_flags(workspace), f"--bin={evil}")
+    assert result.returncode != 0 and "--bin replaces" in result.stderr

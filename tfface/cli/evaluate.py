@@ -1,9 +1,15 @@
-"""tfface-eval: verification accuracy of an exported SavedModel on an LFW-style pairs file.
+"""tfface-eval: verification accuracy of an exported SavedModel on an LFW-style pairs file or an
+InsightFace ``.bin`` verification set.
 
-Example::
+Examples::
 
     tfface-eval --model=export/face_embedding --data_dir=data/lfw_aligned --pairs=data/lfw/pairs.txt \\
         --output=reports/lfw.json
+    tfface-eval --model=export/face_embedding --bin=faces_emore/lfw.bin
+
+A ``.bin`` (lfw.bin, cfp_fp.bin, agedb_30.bin) holds aligned 112x112 crops in pair order and is read with
+a restricted unpickler (``tfface.data.bins``); its folds are 10 contiguous blocks of pairs, as
+InsightFace's own evaluation splits them.
 
 ``--model`` is a SavedModel version directory (``.../1``) or a model directory whose highest
 integer-named version subdirectory is used (the TF-Serving layout).  The model must have a
@@ -145,6 +151,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     f.DEFINE_string("data_dir", None, "Root directory the pairs file's image paths are relative to.",
                     flag_values=fv)
     f.DEFINE_string("pairs", None, "LFW-format pairs.txt.", flag_values=fv)
+    f.DEFINE_string("bin", None, "InsightFace .bin verification set (instead of --data_dir and --pairs).",
+                    flag_values=fv)
     f.DEFINE_enum("flip_fusion", "sum", FLIP_FUSIONS,
                   "Horizontal-flip test-time augmentation: sum (InsightFace), concat, or none.", flag_values=fv)
     f.DEFINE_integer("batch_size", 64, "Images per model call.", lower_bound=1, flag_values=fv)
@@ -153,9 +161,21 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     f.DEFINE_string("image_size", None,
                     "'H,W' to resize images to; only needed when the signature's input size is not static.",
                     flag_values=fv)
-    f.mark_flags_as_required(["model", "data_dir", "pairs"], flag_values=fv)
+    f.mark_flags_as_required(["model"], flag_values=fv)
+
+    def one_source(values):
+        if values["bin"] is not None:
+            if values["data_dir"] is not None or values["pairs"] is not None:
+                raise flags.ValidationError("--bin replaces --data_dir and --pairs; give one or the other")
+        elif values["data_dir"] is None or values["pairs"] is None:
+            raise flags.ValidationError("give --data_dir and --pairs (an image folder and its pairs file), "
+                                        "or --bin (an InsightFace .bin set)")
+        return True
+
+    f.register_multi_flags_validator(["bin", "data_dir", "pairs"], one_source, flag_values=fv)
     validators = {
         "model": _validated(resolve_saved_model, ""),
+        "bin": _validated(os.path.isfile, "{value} is not a file"),
         "data_dir": _validated(os.path.isdir, "{value} is not a directory"),
         "pairs": _validated(os.path.isfile, "{value} is not a file"),
         "output": _validated(_output_ok, ""),
@@ -169,24 +189,54 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 define_flags()
 
 
-def main(argv):
-    """Runs the evaluation described by the flags (already validated by absl at parse time)."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def _read_pairlist():
+    """The pairs file, after checking that every image it names exists (before TF and the model load)."""
     from tfface.data.pairs import read_pairs
-    from tfface.eval.features import evaluate_pairs, load_pair_images
 
-    start = time.time()
     try:
         pairlist = read_pairs(FLAGS.pairs, ext=FLAGS.image_ext)
     except ValueError as e:
         raise app.UsageError(f"--pairs: {e}") from e
-    # Check every image exists before spending time on loading TensorFlow and the model.
     missing = [p for p in dict.fromkeys(list(pairlist.left) + list(pairlist.right))
                if not os.path.isfile(os.path.join(FLAGS.data_dir, p))]
     if missing:
         raise app.UsageError(f"--data_dir: {len(missing)} image(s) named in {FLAGS.pairs} are missing under "
                              f"{FLAGS.data_dir}, e.g. {missing[:3]}")
+    return pairlist
+
+
+def bin_pair_images(verification_bin, image_size=None):
+    """``PairImages`` of an InsightFace ``.bin``: images 2k and 2k+1 form pair k; one fold id for all, so
+    evaluation uses 10 contiguous folds (InsightFace's ``KFold(10, shuffle=False)``)."""
+    import numpy as np
+
+    from tfface.data.bins import decode_bin_images
+    from tfface.eval.features import PairImages
+
+    images = decode_bin_images(verification_bin, size=image_size)
+    n = len(verification_bin.issame)
+    return PairImages(images=images, left_index=np.arange(0, 2 * n, 2, dtype=np.int64),
+                      right_index=np.arange(1, 2 * n, 2, dtype=np.int64), issame=verification_bin.issame,
+                      fold=np.zeros(n, np.int32), relpaths=[])
+
+
+def main(argv):
+    """Runs the evaluation described by the flags (already validated by absl at parse time)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from tfface.eval.features import evaluate_pairs
+
+    start = time.time()
+    verification_bin = pairlist = None
+    if FLAGS.bin:
+        from tfface.data.bins import UnsafePickleError, read_bin
+
+        try:
+            verification_bin = read_bin(FLAGS.bin)
+        except (ValueError, UnsafePickleError) as e:
+            raise app.UsageError(f"--bin: {e}") from e
+    else:
+        pairlist = _read_pairlist()
     model_dir = resolve_saved_model(FLAGS.model)
     logging.info("loading SavedModel %s", model_dir)
     try:
@@ -194,12 +244,22 @@ def main(argv):
     except ValueError as e:  # a loadable SavedModel without the expected signature
         raise app.UsageError(f"--model: {e}") from e
     image_size = embedder.image_size or (parse_image_size(FLAGS.image_size) if FLAGS.image_size else None)
-    pair_images = load_pair_images(FLAGS.data_dir, pairlist, image_size=image_size)
+    if verification_bin is not None:
+        try:
+            pair_images = bin_pair_images(verification_bin, image_size)
+        except ValueError as e:  # undecodable images: named, never dropped (that would shift every pair)
+            raise app.UsageError(f"--bin: {e}") from e
+    else:
+        from tfface.eval.features import load_pair_images
+
+        pair_images = load_pair_images(FLAGS.data_dir, pairlist, image_size=image_size)
     logging.info("embedding %d images of %d pairs", len(pair_images.images), len(pair_images.issame))
     report = evaluate_pairs(embedder, pair_images, batch_size=FLAGS.batch_size, flip_fusion=FLAGS.flip_fusion)
 
-    report.update(model=os.path.abspath(model_dir), pairs=os.path.abspath(FLAGS.pairs),
-                  data_dir=os.path.abspath(FLAGS.data_dir), image_size=list(pair_images.images.shape[1:3]),
+    source = FLAGS.bin or FLAGS.pairs
+    report.update(model=os.path.abspath(model_dir), pairs=os.path.abspath(source),
+                  data_dir=os.path.abspath(FLAGS.data_dir) if FLAGS.data_dir else None,
+                  image_size=list(pair_images.images.shape[1:3]),
                   tfface_version=tfface.__version__, elapsed_s=round(time.time() - start, 3))
     print(format_summary(report))
     if FLAGS.output:
