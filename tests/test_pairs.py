@@ -69,6 +69,17 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(pl.issame, [1, 1, 0, 0] * 2)
 
 
+def test_read_headerless_pairs(tmp_path):
+    # No header: lines classified by field count, in any order, one fold.
+    pl = read_pairs(_write(tmp_path, "Ann\t1\tBob\t2\nAnn\t1\t3\n\nBob 2 4\n"))
+    assert pl.left == ["Ann/Ann_0001.jpg", "Ann/Ann_0001.jpg", "Bob/Bob_0002.jpg"]
+    assert pl.right == ["Bob/Bob_0002.jpg", "Ann/Ann_0003.jpg", "Bob/Bob_0004.jpg"]
+    np.testing.assert_array_equal(pl.issame, [False, True, True])
+    assert pl.n_folds == 1 and not pl.fold.any()
+    with pytest.raises(ValueError, match=r"pairs.txt:2: expected 'name i j' \(matched\)"):
+        read_pairs(_write(tmp_path, "Ann 1 2\nAnn 1 Bob 2 extra\n"))
+
+
 @pytest.mark.parametrize("text, pattern", [
     ("", "empty pairs file"),
     ("ten folds\nA 1 2\nA 1 B 2\n", r"pairs.txt:1: bad header"),

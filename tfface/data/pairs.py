@@ -8,6 +8,8 @@ Format (LFW View 2, Huang et al. 2007)::
     ...                     <- repeated for every fold: n matched lines, then n mismatched lines
 
 ``pairsDevTrain.txt`` / ``pairsDevTest.txt`` (LFW View 1) have a single-number header ``1100``: one fold.
+Files without a header line (pairs lists cut from other tools) are read too: each line is classified by
+its field count (3 = matched, 4 = mismatched), in any order, as one fold.
 Fields are whitespace separated (LFW uses tabs); image indices are 1-based and map to
 ``Name/Name_0001.jpg`` (4 digits) relative to the image root. Blank lines are ignored.
 """
@@ -68,6 +70,8 @@ def read_pairs(path, ext: str = ".jpg") -> PairList:
         nums = [int(t) for t in header]
     except ValueError:
         nums = []
+    if not nums and len(header) in (3, 4):
+        return _read_headerless(path, lines, ext)
     if len(nums) == 2:
         n_folds, n = nums
     elif len(nums) == 1:
@@ -100,6 +104,24 @@ def read_pairs(path, ext: str = ".jpg") -> PairList:
         issame.append(matched)
         fold.append(k // (2 * n))
     return PairList(left, right, np.array(issame, bool), np.array(fold, np.int32), n_folds)
+
+
+def _read_headerless(path, lines, ext) -> PairList:
+    """Pair lines with no header: 'name i j' is matched, 'name1 i name2 j' mismatched; one fold."""
+    left, right, issame = [], [], []
+    for no, tok in lines:
+        where = f"{path}:{no}"
+        if len(tok) == 3:
+            name1, i, name2, j = tok[0], tok[1], tok[0], tok[2]
+        elif len(tok) == 4:
+            name1, i, name2, j = tok
+        else:
+            raise ValueError(f"{where}: expected 'name i j' (matched) or 'name1 i name2 j' (mismatched), "
+                             f"got {len(tok)} fields: {' '.join(tok)!r}")
+        left.append(image_relpath(name1, _parse_index(i, where), ext))
+        right.append(image_relpath(name2, _parse_index(j, where), ext))
+        issame.append(len(tok) == 3)
+    return PairList(left, right, np.array(issame, bool), np.zeros(len(left), np.int32), 1)
 
 
 def _check_name(name, what):
