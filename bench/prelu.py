@@ -30,15 +30,14 @@ def main(argv):
     del argv
     import keras
     import tensorflow as tf
+    from keras_prelu import keras_prelu_class
 
     import tfface.models.backbones.common as common
     from tfface.train.config import TrainConfig
     from tfface.train.step import build_optimizer, make_train_step
     from tfface.train.workdir import build_models
 
-    class KerasPReLU(keras.layers.PReLU):
-        def __init__(self, alpha_initializer=None, **kwargs):
-            super().__init__(alpha_initializer=alpha_initializer or keras.initializers.Constant(0.25), **kwargs)
+    KerasPReLU = keras_prelu_class()
 
     isolated = {}
     x = tf.random.normal((64, 56, 56, 128))

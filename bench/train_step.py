@@ -32,15 +32,11 @@ flags.DEFINE_enum("prelu_impl", "tfface", ["tfface", "keras"],
 
 def _use_keras_prelu():
     """Makes every backbone built afterwards use keras.layers.PReLU (same slopes, same init)."""
-    import keras
+    from keras_prelu import keras_prelu_class
 
     import tfface.layers.prelu as prelu_module
 
-    class KerasPReLU(keras.layers.PReLU):
-        def __init__(self, alpha_initializer=None, **kwargs):
-            super().__init__(alpha_initializer=alpha_initializer or keras.initializers.Constant(0.25), **kwargs)
-
-    prelu_module.PReLU = KerasPReLU
+    prelu_module.PReLU = keras_prelu_class()
 
 
 def main(argv):

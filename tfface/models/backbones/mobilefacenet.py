@@ -159,11 +159,7 @@ def mobilefacenet(
         raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
     if not width_multiplier > 0:
         raise ValueError(f"width_multiplier must be positive, got {width_multiplier}")
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (H, W, 3), got {input_shape}")
-    if any(d is None or d < TOTAL_STRIDE for d in input_shape[:2]):
-        raise ValueError(f"MobileFaceNet needs static H, W >= {TOTAL_STRIDE}, got {input_shape}")
+    input_shape = check_input_shape(input_shape, TOTAL_STRIDE, "MobileFaceNet")
 
     b = _Builder(activation, bn_momentum, bn_epsilon, kernel_initializer)
     inputs = keras.Input(shape=input_shape, name="image")
