@@ -14,6 +14,8 @@ import os
 
 from absl import app, flags
 
+from tfface.cli import run_app
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("onnx", None, "ONNX file of an arcface_torch IResNet or MobileFaceNet (e.g. w600k_r50.onnx).")
 flags.DEFINE_string("backbone", None, "tfface backbone with the same architecture (iresnet50, mbf, ...).")
@@ -50,7 +52,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import time
 from absl import app, flags, logging
 
 import tfface
-from tfface.cli import parse_image_size
+from tfface.cli import parse_image_size, run_app
 from tfface.fileio import atomic_write_json
 from tfface.serving.layout import resolve_saved_model
 
@@ -269,7 +269,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (``tfface-eval``)."""
-    app.run(main)
+    run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import os
 
 from absl import app, flags
 
+from tfface.cli import run_app
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training work directory (holds config.json and checkpoints/).")
 flags.DEFINE_string("export_base", None, "Base directory of the export (default <workdir>/export).")
@@ -29,7 +31,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_app(main, __name__)
 
 
 if __name__ == "__main__":

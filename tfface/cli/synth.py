@@ -11,7 +11,7 @@ lives in :mod:`tfface.data.synthetic`; this module only parses and validates fla
 
 from absl import app, flags, logging
 
-from tfface.cli import parse_image_size
+from tfface.cli import parse_image_size, run_app
 
 FLAGS = flags.FLAGS
 
@@ -74,7 +74,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (``tfface-synth``)."""
-    app.run(main)
+    run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from absl import app
 
+from tfface.cli import run_app
 from tfface.train.flags import config_from_flags, define_flags
 
 define_flags()
@@ -22,7 +23,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_app(main, __name__, "tfface.train.flags")
 
 
 if __name__ == "__main__":
