@@ -22,9 +22,12 @@ setup(
         "numpy",
         "absl-py",
         "opencv-python-headless",
+        "mtcnn",  # face detection + 5 landmarks for tfface-align; ships its weights in the wheel (offline)
     ],
     extras_require={
-        "dev": ["pytest", "scikit-learn", "ruff"],
+        # matplotlib: its wheel ships a real face photo (sample_data/grace_hopper.jpg) the detector tests use,
+        # Pillow writes the CMYK JPEGs of the bad-input tests.
+        "dev": ["pytest", "scikit-learn", "ruff", "matplotlib", "pillow"],
         "faiss": ["faiss-cpu"],
         "onnx": ["tf2onnx", "onnxruntime"],
         # tfface-convert: reads arcface_torch / InsightFace ONNX weights (no onnx-tf, no onnxruntime).
@@ -40,6 +43,8 @@ setup(
             "tfface-export=tfface.cli.export:run",
             "tfface-synth=tfface.cli.synth:run",
             "tfface-convert=tfface.cli.convert:run",
+            "tfface-align=tfface.cli.align:run",
+            "tfface-prepare=tfface.cli.prepare:run",
         ]
     },
     classifiers=[

@@ -38,3 +38,21 @@ def assert_finite_at_cos_extremes():
         assert np.all(np.isfinite(logits.numpy()))
 
     return check
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """One MTCNN FaceDetector for every test that detects (building one loads its three networks)."""
+    from tfface.align.detect import FaceDetector
+
+    return FaceDetector()
+
+
+@pytest.fixture(scope="session")
+def hopper():
+    """matplotlib's Grace Hopper photo as RGB uint8 (512x600): the one real face photo available offline."""
+    import cv2
+    from matplotlib import cbook
+
+    path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)

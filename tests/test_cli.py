@@ -9,7 +9,8 @@ import pytest
 BIN = os.path.dirname(sys.executable)
 
 
-@pytest.mark.parametrize("script, flag", [("tfface-train", "--backbone"), ("tfface-synth", "--out_dir")])
+@pytest.mark.parametrize("script, flag", [("tfface-align", "--fallback"), ("tfface-prepare", "--num_shards"),
+                                          ("tfface-train", "--backbone"), ("tfface-synth", "--out_dir")])
 def test_console_script_help_lists_usage_and_flags(script, flag):
     path = os.path.join(BIN, script)
     if not os.path.exists(path):

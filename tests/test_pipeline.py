@@ -8,7 +8,13 @@ import pytest
 import tensorflow as tf
 
 from tfface.data.folder import scan_image_folder
-from tfface.data.pipeline import build_eval_dataset, build_pk_dataset, build_train_dataset, decode_image
+from tfface.data.pipeline import (
+    build_eval_dataset,
+    build_pk_dataset,
+    build_train_dataset,
+    build_train_dataset_from_records,
+    decode_image,
+)
 
 SIZE = (16, 12)  # small images keep the suite fast on two shared cores
 
@@ -183,6 +189,70 @@ def test_bad_arguments_get_clear_errors(asymmetric):
         build_eval_dataset(asymmetric, batch_size=2)
     # Fewer images than a batch is fine when the data repeats.
     assert next(iter(build_train_dataset(paths, [0] * 4, batch_size=8, image_size=SIZE, repeat=True)))
+
+
+def _asymmetric_files(tmp_path, n=12):
+    paths = []
+    for i in range(n):
+        image = np.full((*SIZE, 3), 10 + i * 10, np.uint8)
+        image[:, : SIZE[1] // 2] = 0  # asymmetric, so that flips are visible
+        paths.append(_save(tmp_path / f"{i}.png", image))
+    return paths
+
+
+def _records(paths, labels, with_source=False):
+    encoded = [open(p, "rb").read() for p in paths]
+    if with_source:
+        return tf.data.Dataset.from_tensor_slices((encoded, labels, [os.path.basename(p) for p in paths]))
+    return tf.data.Dataset.from_tensor_slices((encoded, labels))
+
+
+def test_records_give_the_same_batches_as_files(tmp_path):
+    paths = _asymmetric_files(tmp_path)
+    labels = np.arange(12)
+    for seed in (1, 2):
+        files = _collect(build_train_dataset(paths, labels, batch_size=4, image_size=SIZE, shuffle=False, seed=seed))
+        for with_source in (False, True):  # int64 labels and a third component, as tfrecord_dataset gives
+            ds = build_train_dataset_from_records(_records(paths, labels, with_source), batch_size=4, image_size=SIZE,
+                                                  seed=seed)  # fmt: skip
+            assert ds.element_spec[0].shape == (4, *SIZE, 3) and ds.element_spec[0].dtype == tf.float32
+            assert ds.element_spec[1].shape == (4,) and ds.element_spec[1].dtype == tf.int32
+            records = _collect(ds)
+            np.testing.assert_array_equal(records[0], files[0])
+            np.testing.assert_array_equal(records[1], files[1])
+        flipped = (files[0][:, :, -1].max(axis=(1, 2)) == 0).sum()  # the black half moved to the right
+        assert 0 < flipped < 12  # the comparison covers flipped and unflipped images
+    # Cached (decoded once, reshuffled through the buffer every epoch): the same multiset of images per epoch.
+    ds = build_train_dataset_from_records(_records(paths, labels), batch_size=4, image_size=SIZE, seed=3, cache=True,
+                                          shuffle_buffer=12, flip=False, repeat=True)  # fmt: skip
+    labels_seen = np.concatenate([y.numpy() for _, y in ds.take(6)])
+    for epoch in (labels_seen[:12], labels_seen[12:]):
+        assert sorted(epoch.tolist()) == list(range(12)) and not np.array_equal(epoch, np.arange(12))
+    assert not np.array_equal(labels_seen[:12], labels_seen[12:])  # reshuffled, not frozen by the cache
+
+
+def test_records_flip_statistics_and_checks(asymmetric):
+    encoded = open(asymmetric, "rb").read()
+    records = tf.data.Dataset.from_tensor_slices(([encoded] * 400, np.zeros(400, np.int32)))
+    images, _ = _collect(build_train_dataset_from_records(records, batch_size=100, image_size=SIZE, seed=7))
+    original = decode_image(tf.constant(encoded), SIZE).numpy().astype(np.float32)
+    assert all(np.array_equal(x, original) or np.array_equal(x, original[:, ::-1]) for x in images[:20])
+    assert 0.4 < _flipped_fraction(images) < 0.6  # 400 fair coins: 4 sigma
+    unflipped = build_train_dataset_from_records(records.take(50), batch_size=50, image_size=SIZE, flip=False)
+    assert _flipped_fraction(_collect(unflipped)[0]) == 0.0
+
+    labelled = tf.data.Dataset.from_tensor_slices(([encoded] * 4, np.array([0, 1, 5, 2], np.int32)))
+    ds = build_train_dataset_from_records(labelled, batch_size=2, image_size=SIZE, seed=0, num_classes=5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="out of range for 5 classes"):
+        _collect(ds)
+    in_range = build_train_dataset_from_records(labelled, batch_size=2, image_size=SIZE, seed=0, num_classes=6)
+    assert _collect(in_range)[1].tolist() == [0, 1, 5, 2]
+    with pytest.raises(ValueError, match="shuffle_buffer"):
+        build_train_dataset_from_records(labelled, batch_size=2, cache=True)
+    with pytest.raises(TypeError, match="integer label"):
+        build_train_dataset_from_records(tf.data.Dataset.from_tensor_slices(([encoded], [0.5])), batch_size=2)
+    with pytest.raises(TypeError, match="tf.data.Dataset"):
+        build_train_dataset_from_records([(encoded, 0)], batch_size=2)
 
 
 PK_COUNTS = {3: 1, 7: 2, 8: 5, 10: 3, 20: 6}  # label -> images; non-contiguous ids, two with fewer than K=3

@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 from tfface.data.pipeline import decode_image
+from tfface.data.prepare import folder_to_tfrecord
 from tfface.data.tfrecord import (
     RecordCounter,
-    folder_to_tfrecord,
     read_manifest,
     tfrecord_dataset,
     write_tfrecord_shards,
@@ -135,3 +135,19 @@ def test_per_worker_sharding_partitions(image_folder, tmp_path):
         tfrecord_dataset(str(out), num_workers=5)
     with pytest.raises(ValueError, match="shard_index"):
         tfrecord_dataset(str(out), num_workers=2, shard_index=2)
+
+
+def test_record_that_is_not_an_example_drops_its_parse_batch(image_folder, tmp_path):
+    root, files = image_folder
+    out = tmp_path / "records"
+    manifest = folder_to_tfrecord(root, out, num_shards=2)
+    shard = out / manifest["shards"][1]
+    kept = [r.numpy() for r in tf.data.TFRecordDataset(str(shard))]
+    with tf.io.TFRecordWriter(str(shard)) as writer:  # CRC-valid, but not a tf.train.Example
+        for record in kept[:-1] + [b"\x08not an example"]:
+            writer.write(record)
+    counter = RecordCounter()
+    records = _read_all(tfrecord_dataset(str(out), seed=0, counter=counter))
+    # Records are parsed 64 at a time, so the whole shard (one parse batch) is lost and counted.
+    assert len(records) == manifest["images_per_shard"][0]
+    assert counter.dropped == manifest["images_per_shard"][1] and counter.read == len(records)

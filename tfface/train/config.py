@@ -16,7 +16,7 @@ OPTIMIZERS = ("sgd", "adamw", "adam")
 HEADS = ("softmax", "normface", "sphereface", "cosface", "arcface", "combined", "subcenter")
 LOSSES = ("softmax_ce", "triplet", "contrastive")
 TRIPLET_MINING = ("semihard", "batch_hard")
-DATASETS = ("synthetic", "folder")
+DATASETS = ("synthetic", "folder", "tfrecord", "rec")
 FLIP_FUSIONS = ("sum", "concat", "none")
 
 
@@ -123,18 +123,32 @@ class TrainConfig:
 
         need(bool(self.workdir), "workdir", "a work directory is required")
         need(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}")
-        if self.dataset == "folder":
-            need(bool(self.data_dir), "data_dir", "required with --dataset=folder")
-            need(os.path.isdir(self.data_dir), "data_dir", "is not a directory")
-            if self.val_pairs:
-                need(os.path.isfile(self.val_pairs), "val_pairs", "file not found")
-                need(bool(self.val_dir) and os.path.isdir(self.val_dir), "val_dir",
-                     "must be the image root the pairs file refers to")
-        else:
+        if self.dataset == "synthetic":
             need(self.synth_train_identities >= 2, "synth_train_identities", "must be >= 2")
             need(self.synth_heldout_identities >= 2, "synth_heldout_identities", "must be >= 2")
             need(self.synth_images_per_identity >= 2, "synth_images_per_identity", "must be >= 2")
             need(self.synth_difficulty >= 0, "synth_difficulty", "must be >= 0")
+        else:
+            need(bool(self.data_dir), "data_dir", f"required with --dataset={self.dataset}")
+            need(os.path.exists(self.data_dir), "data_dir", "does not exist")
+            if self.dataset == "folder":
+                need(os.path.isdir(self.data_dir), "data_dir", "is not a directory")
+            elif self.dataset == "tfrecord":
+                need(os.path.isfile(os.path.join(self.data_dir, "dataset.json")) or
+                     (os.path.isfile(self.data_dir) and self.data_dir.endswith(".json")), "data_dir",
+                     "holds no dataset.json (make one with `tfface-prepare folder SRC DIR` or `tfface-prepare rec`)")
+            else:
+                need(os.path.isfile(os.path.join(self.data_dir, "train.rec")) or
+                     (os.path.isfile(self.data_dir) and self.data_dir.endswith(".rec")), "data_dir",
+                     "must be a .rec file or a directory holding train.rec (+ train.idx)")
+            if self.val_pairs:
+                need(os.path.isfile(self.val_pairs), "val_pairs", "file not found")
+                need(bool(self.val_dir) and os.path.isdir(self.val_dir), "val_dir",
+                     "must be the image root the pairs file refers to")
+            # P x K sampling needs every image's identity up front; record streams are read in order.
+            need(self.loss == "softmax_ce" or self.dataset == "folder", "loss",
+                 f"needs identity-balanced P x K batches, which --dataset={self.dataset} cannot sample; "
+                 "train metric losses on --dataset=folder (or synthetic)")
         need(len(self.input_size) == 2 and all(s >= 32 and s % 8 == 0 for s in self.input_size),
              "input_size", "must be H,W, each a multiple of 8 and >= 32 (the backbones stride by 16)")
         need(self.width_multiplier > 0, "width_multiplier", "must be > 0")

@@ -38,10 +38,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     flag_values=fv)
     f.DEFINE_enum("dataset", _D.dataset, DATASETS,
                   "synthetic: built-in procedural faces (generated on first use, then reused); "
-                  "folder: an ImageFolder tree of aligned crops at --data_dir.", flag_values=fv)
+                  "folder: an ImageFolder tree of aligned crops at --data_dir; tfrecord: TFRecord shards + "
+                  "dataset.json written by tfface-prepare (class count from the manifest); rec: an InsightFace "
+                  "train.rec/.idx pack (class count from its header record or property file). tfrecord and rec "
+                  "take softmax-family losses only (no P x K sampling).", flag_values=fv)
     f.DEFINE_string("data_dir", _D.data_dir,
-                    "Training images (folder) or the synthetic dataset's home "
-                    "(default <workdir>/data for synthetic).", flag_values=fv)
+                    "Training data: the ImageFolder root (folder), the directory holding dataset.json "
+                    "(tfrecord), a .rec file or the directory holding train.rec (rec), or the synthetic "
+                    "dataset's home (default <workdir>/data).", flag_values=fv)
     f.DEFINE_string("val_dir", _D.val_dir, "Image root that --val_pairs refers to (folder dataset).",
                     flag_values=fv)
     f.DEFINE_string("val_pairs", _D.val_pairs, "LFW-format pairs.txt for per-epoch verification "
@@ -57,7 +61,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                    lower_bound=0.0, flag_values=fv)
     f.DEFINE_integer("synth_seed", _D.synth_seed, "Seed of the synthetic dataset.", flag_values=fv)
     f.DEFINE_bool("cache_images", _D.cache_images,
-                  "Keep decoded training images in memory after the first epoch (small datasets).",
+                  "Keep decoded training images in memory after the first epoch (small datasets; 37 KB per "
+                  "112x112 image, any --dataset).",
                   flag_values=fv)
     # model
     f.DEFINE_string("backbone", _D.backbone, "Backbone name (see tfface.models.registry).", flag_values=fv)

@@ -7,7 +7,7 @@ all want one explicit place in the step. The shape follows arcface_torch: one re
 A run lives in its work directory:
 
     <workdir>/config.json        the resolved TrainConfig
-    <workdir>/classes.txt        class id → folder name
+    <workdir>/classes.txt        class id → folder name (absent when the data has no class names: .rec)
     <workdir>/checkpoints/       tf.train.Checkpoint after every epoch (last K kept); re-running resumes
     <workdir>/logs/              TensorBoard scalars
     <workdir>/metrics.json       per-epoch loss, accuracy, LR, throughput and verification report
@@ -24,12 +24,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfface.data.folder import scan_image_folder
+from tfface.data.folder import scan_image_folder, write_classes
 from tfface.data.pipeline import build_train_dataset
 from tfface.fileio import atomic_write_text
 from tfface.serving.exporter import export_saved_model
 from tfface.train.callbacks import MetricsLog, PairVerification
 from tfface.train.config import TrainConfig
+from tfface.train.records import RECORD_DATASETS, RecordInput
 from tfface.train.schedules import build_lr_schedule
 from tfface.train.step import build_metric_loss, build_optimizer, make_train_step
 from tfface.train.strategy import make_strategy
@@ -71,9 +72,18 @@ class Trainer:
                            num_heldout_identities=cfg.synth_heldout_identities,
                            images_per_identity=cfg.synth_images_per_identity, image_size=cfg.input_size,
                            seed=cfg.synth_seed, difficulty=cfg.synth_difficulty)
-        self.index = scan_image_folder(cfg.train_dir, classes_file=os.path.join(cfg.workdir, "classes.txt"))
-        self.num_classes = len(self.index.classes)
-        n = len(self.index.paths)
+        self.index = self.records = None
+        classes_file = os.path.join(cfg.workdir, "classes.txt")
+        if cfg.dataset in RECORD_DATASETS:
+            self.records = RecordInput(cfg)  # counts from metadata; no image is read here
+            self.num_classes, n = self.records.num_classes, self.records.num_images
+            if self.records.classes is not None:
+                write_classes(classes_file, self.records.classes)
+            elif os.path.exists(classes_file):
+                os.unlink(classes_file)  # a .rec pack has no class names: keep none from an earlier run
+        else:
+            self.index = scan_image_folder(cfg.train_dir, classes_file=classes_file)
+            self.num_classes, n = len(self.index.classes), len(self.index.paths)
         metric = cfg.loss != "softmax_ce"
         if metric and self.num_classes < cfg.pk_identities:
             raise ValueError(f"--pk_identities={cfg.pk_identities}: only {self.num_classes} identities to draw from")
@@ -92,10 +102,25 @@ class Trainer:
             self.verification = PairVerification(
                 cfg.pairs_path, cfg.pairs_root, cfg.input_size, batch_size=cfg.val_batch_size,
                 flip_fusion=cfg.val_flip_fusion)
-        logging.info("training data: %d images, %d classes, %d bad files skipped; %d steps/epoch",
-                     n, self.num_classes, len(self.index.bad_files), self.steps_per_epoch)
+        if self.records is not None:
+            # Built now (lazily evaluated), so a source the strategy cannot shard fails before the model is.
+            self._record_dataset = self.records.distribute(self.strategy)
+            logging.info("training data (%s): %d images, %d classes; %d steps/epoch", cfg.dataset, n,
+                         self.num_classes, self.steps_per_epoch)
+        else:
+            logging.info("training data: %d images, %d classes, %d bad files skipped; %d steps/epoch",
+                         n, self.num_classes, len(self.index.bad_files), self.steps_per_epoch)
+
+    def _data_report(self) -> dict:
+        """``final.data`` of metrics.json: what was trained on and every corrupt input skipped."""
+        if self.records is not None:
+            return self.records.report()
+        return {"train_images": len(self.index.paths), "classes": self.num_classes,
+                "bad_files": [{"path": p, "reason": r} for p, r in self.index.bad_files]}
 
     def _dataset(self, stage: str):
+        if stage not in self.datasets and self.records is not None:  # classify only (config.validate)
+            self.datasets[stage] = iter(self._record_dataset)
         if stage not in self.datasets:
             cfg = self.cfg
             if stage == "metric":
@@ -160,8 +185,7 @@ class Trainer:
         cfg = self.cfg
         start_epoch = self.restore()
         log = MetricsLog(cfg.workdir, config=dict(vars(cfg)), epochs_done=start_epoch)
-        log.final(data={"train_images": len(self.index.paths), "classes": self.num_classes,
-                        "bad_files": [{"path": p, "reason": r} for p, r in self.index.bad_files]})
+        log.final(data=self._data_report())
         if start_epoch >= cfg.epochs:
             print(f"{cfg.workdir}: all {cfg.epochs} epochs already trained (raise --epochs to continue)",
                   flush=True)
@@ -169,6 +193,8 @@ class Trainer:
             stage = self.stage_of(epoch)
             record = self._train_epoch(self.steps[stage], self._dataset(stage), epoch, log)
             record["stage"] = stage
+            if self.records is not None:  # corrupt records show up while reading
+                log.final(data=self._data_report())
             last = epoch == cfg.epochs
             if self.verification and (last or epoch % cfg.val_every_epochs == 0):
                 report = self.verification(self.embedding_model)

@@ -127,7 +127,7 @@ def restore_embedding_model(workdir: str, checkpoint: str | None = None):
     return cfg, embedding_model, path
 
 
-def export_metadata(cfg: TrainConfig, num_classes: int, verification: dict | None = None) -> dict:
+def export_metadata(cfg: TrainConfig, num_classes: int | None, verification: dict | None = None) -> dict:
     """Facts about the run stored beside an export (assets/tfface.json)."""
     meta = {"backbone": cfg.backbone,
             "training": {"loss": cfg.loss, "head": cfg.head if uses_head(cfg) else None,
@@ -146,12 +146,17 @@ def export_from_workdir(workdir: str, export_base: str | None = None, model_name
     from tfface.serving.exporter import export_saved_model
 
     cfg, model, path = restore_embedding_model(workdir, checkpoint)
-    verification = None
+    final = {}
     metrics_path = os.path.join(workdir, "metrics.json")
     if os.path.exists(metrics_path):
         with open(metrics_path, encoding="utf-8") as fh:
-            verification = json.load(fh).get("final", {}).get("verification")
-    num_classes = len(read_classes(os.path.join(workdir, "classes.txt")))
+            final = json.load(fh).get("final", {})
+    verification = final.get("verification")
+    classes_path = os.path.join(workdir, "classes.txt")
+    if os.path.exists(classes_path):
+        num_classes = len(read_classes(classes_path))
+    else:  # data without class names (a .rec pack): the count is in metrics.json
+        num_classes = final.get("data", {}).get("classes")
     meta = export_metadata(cfg, num_classes, verification)
     meta["checkpoint"] = os.path.basename(path)
     return export_saved_model(model, export_base or os.path.join(workdir, "export"),
