@@ -57,10 +57,10 @@ import tfface
 from tfface.align.decode import PHOTO_EXTENSIONS, read_photo
 from tfface.align.detect import DEFAULT_MAX_SIDE, POLICIES, check_detector_settings, select_face
 from tfface.align.progress import Progress
-from tfface.align.templates import _parse_size
+from tfface.align.templates import parse_size
 from tfface.align.transform import align_face, estimate_alignment
 from tfface.align.workers import available_cores, build_detector, run_pool
-from tfface.data.folder import _list_files
+from tfface.data.folder import list_files
 from tfface.fileio import atomic_write_bytes, atomic_write_json
 
 REPORT_NAME = "align_report.json"
@@ -73,7 +73,7 @@ COUNT_KEYS = ("ok", "multi_face", "no_face", "unreadable", "error", "duplicate_o
 def center_crop(image: np.ndarray, size) -> np.ndarray:
     """The largest centred region of ``image`` with the aspect ratio of ``size`` = (height, width),
     resized to ``size`` (area interpolation when shrinking, bilinear when enlarging)."""
-    h, w = _parse_size(size)
+    h, w = parse_size(size)
     ih, iw = image.shape[:2]
     if iw * h >= ih * w:  # image relatively wider than the output: full height, centred columns
         ch, cw = ih, max(1, min(iw, round(ih * w / h)))
@@ -97,7 +97,7 @@ def aligned_crop(image: np.ndarray, landmarks, size) -> np.ndarray:
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
     if scale >= 0.5:
         return align_face(image, landmarks, size)
-    h, w = _parse_size(size)
+    h, w = parse_size(size)
     inverse = cv2.invertAffineTransform(m)
     corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64) @ inverse[:, :2].T + inverse[:, 2]
     pad = 2.0 / scale  # a couple of output pixels of margin for the interpolation
@@ -177,7 +177,7 @@ def _align_chunk(tasks, detector, options: dict) -> list[tuple[str, dict]]:
 
 
 def _validate_args(size, policy, min_score, fallback, multi_face, image_format, jpeg_quality, num_workers):
-    size = _parse_size(size)
+    size = parse_size(size)
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0.0 <= min_score <= 1.0:
@@ -238,7 +238,7 @@ def _plan(src: str, dst: str, image_format: str):
     """Lists the work: (tasks, skipped rels, duplicate results, ignored files, total images)."""
     tasks, skipped, duplicates, ignored, claimed = [], [], [], [], {}
     images = 0
-    for path in _list_files(src):
+    for path in list_files(src):
         rel = os.path.relpath(path, src)
         if os.sep not in rel:
             ignored.append({"path": rel, "reason": "not inside an identity folder"})

@@ -24,7 +24,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tfface.data.folder import _PNG_SIGNATURE, _check_jpeg, _check_png
+from tfface.data.folder import check_structure
 
 #: File types tfface-align reads (case-insensitive). TIFF and WebP are accepted as photos even though
 #: the training pipeline reads only JPEG/PNG/BMP: the aligned crops it writes are JPEG or PNG.
@@ -52,14 +52,9 @@ def decode_photo(data: bytes) -> tuple[np.ndarray | None, str | None]:
     """
     if not data:
         return None, "empty file (0 bytes)"
-    if data[:3] == b"\xff\xd8\xff":
-        reason = _check_jpeg(data)
-        if reason is not None:
-            return None, reason
-    elif data[:8] == _PNG_SIGNATURE:
-        reason = _check_png(data)
-        if reason is not None:
-            return None, reason
+    reason = check_structure(data)
+    if reason is not None:
+        return None, reason
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS)
     except cv2.error as e:  # e.g. an image larger than OpenCV's pixel limit

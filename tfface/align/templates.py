@@ -81,7 +81,7 @@ def _derive(height: int, width: int) -> np.ndarray:
     return out
 
 
-def _parse_size(size) -> tuple[int, int]:
+def parse_size(size) -> tuple[int, int]:
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
         size = (int(size), int(size))
     try:
@@ -105,7 +105,7 @@ def template(size=(112, 112)) -> np.ndarray:
     Returns:
       float32 (5, 2) array of (x, y) pixel coordinates in :data:`LANDMARK_ORDER`; a fresh copy.
     """
-    h, w = _parse_size(size)
+    h, w = parse_size(size)
     if (h, w) == (112, 112):
         out = ARCFACE_112.copy()
     elif (h, w) == (112, 96):

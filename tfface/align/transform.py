@@ -22,7 +22,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tfface.align.templates import _parse_size, template
+from tfface.align.templates import parse_size, template
 
 _BORDERS = {"constant": cv2.BORDER_CONSTANT, "replicate": cv2.BORDER_REPLICATE}
 
@@ -128,6 +128,6 @@ def align_face(image, landmarks, size=(112, 112), border: str = "constant",
     if border not in _BORDERS:
         raise ValueError(f"border must be one of {sorted(_BORDERS)}, got {border!r}")
     m = estimate_alignment(landmarks, size)
-    h, w = _parse_size(size)
+    h, w = parse_size(size)
     return cv2.warpAffine(img, m, (w, h), flags=interpolation, borderMode=_BORDERS[border],
                           borderValue=(0, 0, 0))

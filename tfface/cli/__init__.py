@@ -19,6 +19,15 @@ def parse_image_size(text: str, minimum: int = 1) -> tuple[int, int]:
     return size
 
 
+def is_image_size(text, minimum: int = 1) -> bool:
+    """Whether :func:`parse_image_size` accepts ``text`` (for absl flag validators)."""
+    try:
+        parse_image_size(text, minimum)
+    except ValueError:
+        return False
+    return True
+
+
 def run_app(main, module_name: str, *flag_modules: str) -> None:
     """``absl.app.run(main)`` for the module ``module_name``, with a working ``--help`` under a console script.
 

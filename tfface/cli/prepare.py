@@ -22,7 +22,7 @@ import sys
 
 from absl import app, flags
 
-from tfface.cli import parse_image_size, run_app
+from tfface.cli import is_image_size, parse_image_size, run_app
 
 FLAGS = flags.FLAGS
 
@@ -46,15 +46,8 @@ flags.register_validator("num_workers", lambda v: v is None or v >= 1, "--num_wo
 flags.register_validator("jpeg_quality", lambda v: v is not None and 1 <= v <= 100, "--jpeg_quality must be in 1..100")
 
 
-def _valid_size(text) -> bool:
-    try:
-        parse_image_size(text, minimum=1)
-    except ValueError:
-        return False
-    return True
 
-
-flags.register_validator("image_size", lambda v: v is None or _valid_size(v),
+flags.register_validator("image_size", lambda v: v is None or is_image_size(v, 1),
                          "--image_size must be 'height,width' (or one number)")
 
 

@@ -11,7 +11,7 @@ lives in :mod:`tfface.data.synthetic`; this module only parses and validates fla
 
 from absl import app, flags, logging
 
-from tfface.cli import parse_image_size, run_app
+from tfface.cli import is_image_size, parse_image_size, run_app
 
 FLAGS = flags.FLAGS
 
@@ -28,17 +28,11 @@ flags.DEFINE_integer("num_workers", None, "Worker processes; default: all CPU co
 flags.DEFINE_bool("force", False, "Regenerate even if out_dir already holds a dataset with these arguments.")
 
 
-def _valid_size(text):
-    try:
-        parse_image_size(text, minimum=16)
-    except ValueError:
-        return False
-    return True
-
 
 flags.mark_flag_as_required("out_dir")
 flags.register_validator("out_dir", lambda v: v is None or bool(v.strip()), "--out_dir must not be empty")
-flags.register_validator("image_size", _valid_size, "--image_size must be 'height,width' (or one number), each >= 16")
+flags.register_validator("image_size", lambda v: is_image_size(v, 16),
+                         "--image_size must be 'height,width' (or one number), each >= 16")
 for _name, _minimum in (("num_train_identities", 1), ("num_heldout_identities", 2), ("images_per_identity", 2),
                         ("seed", 0), ("n_folds", 1)):
     flags.register_validator(_name, lambda v, m=_minimum: v is not None and v >= m, f"--{_name} must be >= {_minimum}")

@@ -159,6 +159,17 @@ def _check_bmp(data: bytes) -> str | None:
     return None
 
 
+def check_structure(data: bytes) -> str | None:
+    """The structure check of :func:`check_image_bytes` for JPEG and PNG bytes (truncation, frame types
+    TensorFlow cannot decode); ``None`` when they pass or the bytes are neither JPEG nor PNG. Decoders
+    (OpenCV's included) return a half-grey image for a truncated file instead of failing."""
+    if data[:3] == b"\xff\xd8\xff":
+        return _check_jpeg(data)
+    if data[:8] == _PNG_SIGNATURE:
+        return _check_png(data)
+    return None
+
+
 def check_image_bytes(data: bytes) -> str | None:
     """Checks one encoded image; returns ``None`` if it is good, else a short reason.
 
@@ -170,10 +181,8 @@ def check_image_bytes(data: bytes) -> str | None:
     """
     if not data:
         return "empty file (0 bytes)"
-    if data[:3] == b"\xff\xd8\xff":
-        reason = _check_jpeg(data)
-    elif data[:8] == _PNG_SIGNATURE:
-        reason = _check_png(data)
+    if data[:3] == b"\xff\xd8\xff" or data[:8] == _PNG_SIGNATURE:
+        reason = check_structure(data)
     elif data[:2] == b"BM":
         reason = _check_bmp(data)
     else:
@@ -203,7 +212,7 @@ def check_image_file(path: str) -> str | None:
         return f"check failed: {type(e).__name__}: {e}"
 
 
-def _list_files(directory: str) -> list[str]:
+def list_files(directory: str) -> list[str]:
     """All non-hidden non-folders below ``directory`` (following links, each real folder visited once).
 
     Broken links and special files are included so that the caller reports them instead of losing them.
@@ -308,7 +317,7 @@ def scan_image_folder(
             raise ValueError(f"class folder name contains a line break, cannot index it: {name!r}")
 
     start = time.perf_counter()
-    files = [(name, path) for name in folders for path in _list_files(os.path.join(root, name))]
+    files = [(name, path) for name in folders for path in list_files(os.path.join(root, name))]
     # Without validation, at least the size: an empty file is the commonest leftover of a failed copy.
     reasons: list[str | None] = [_precheck(path, check_size=not validate) for _, path in files]
     if validate:

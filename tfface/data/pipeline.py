@@ -39,6 +39,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfface.data.checks import positive_int
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -102,12 +104,6 @@ def _check_labels(labels, num_paths: int) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def build_train_dataset(
     paths: Sequence[str],
     labels,
@@ -144,9 +140,9 @@ def build_train_dataset(
     """
     paths = _check_paths(paths)
     labels = _check_labels(labels, len(paths))
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size")
     image_size = _image_size(image_size)
-    buffer = len(paths) if shuffle_buffer is None else _positive_int(shuffle_buffer, "shuffle_buffer")
+    buffer = len(paths) if shuffle_buffer is None else positive_int(shuffle_buffer, "shuffle_buffer")
     if drop_remainder and not repeat and len(paths) < batch_size:
         raise ValueError(
             f"{len(paths)} images < batch_size {batch_size} with drop_remainder=True and repeat=False: "
@@ -262,15 +258,15 @@ def build_train_dataset_from_records(
     if (not isinstance(spec, tuple) or len(spec) < 2 or spec[0].dtype != tf.string or spec[0].shape.rank != 0
             or not spec[1].dtype.is_integer or spec[1].shape.rank != 0):  # fmt: skip
         raise TypeError(f"records must yield (encoded image string, integer label) scalars, got {spec}")
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size")
     image_size = _image_size(image_size)
     if shuffle_buffer is not None:
-        shuffle_buffer = _positive_int(shuffle_buffer, "shuffle_buffer")
+        shuffle_buffer = positive_int(shuffle_buffer, "shuffle_buffer")
     if cache and shuffle_buffer is None:
         raise ValueError("cache=True freezes the source's order after the first pass: give shuffle_buffer "
                          "(e.g. the number of images) so every epoch is reshuffled")  # fmt: skip
     if num_classes is not None:
-        num_classes = _positive_int(num_classes, "num_classes")
+        num_classes = positive_int(num_classes, "num_classes")
     deterministic = seed is not None
 
     if len(spec) > 2 or spec[1].dtype != tf.int32:
@@ -294,7 +290,7 @@ def build_eval_dataset(
     """Batches of uint8 images ``[B, H, W, 3]`` in the order of ``paths``: no shuffle, no flip, last
     partial batch kept (every image is evaluated exactly once)."""
     paths = _check_paths(paths)
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size")
     image_size = _image_size(image_size)
     ds = tf.data.Dataset.from_tensor_slices(paths)
     ds = ds.map(
@@ -352,8 +348,8 @@ def build_pk_dataset(
     """
     paths = _check_paths(paths)
     labels = _check_labels(labels, len(paths))
-    p = _positive_int(identities_per_batch, "identities_per_batch")
-    k = _positive_int(images_per_identity, "images_per_identity")
+    p = positive_int(identities_per_batch, "identities_per_batch")
+    k = positive_int(images_per_identity, "images_per_identity")
     height, width = _image_size(image_size)
     # Images grouped by identity: identity i owns rows [offsets[i], offsets[i] + counts[i]) of `order`.
     order = np.argsort(labels, kind="stable")

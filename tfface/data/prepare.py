@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 from absl import logging
 
+from tfface.data.checks import positive_int
 from tfface.data.folder import check_image_bytes
 from tfface.data.recordio import RecordIOError, RecordIOReader
 from tfface.data.tfrecord import MANIFEST_NAME, write_tfrecord_shards
@@ -65,12 +66,6 @@ PROPERTY_NAME = "property"
 _SHARD_RE = re.compile(r"^[^/]+-\d{5}-of-\d{5}\.tfrecord$")
 _CHUNK = 256  # records read in order, then checked in parallel
 _WRITE_SEED = 0
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def check_output_dir(out_dir, overwrite: bool, source_root: str | os.PathLike | None = None) -> str:
@@ -157,7 +152,7 @@ def folder_to_tfrecord(
     if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be an integer in 1..100, got {jpeg_quality!r}")
     if num_shards is not None:
-        num_shards = _positive_int(num_shards, "num_shards")
+        num_shards = positive_int(num_shards, "num_shards")
     root = os.path.abspath(os.fspath(src_dir))
     out = check_output_dir(out_dir, overwrite, source_root=root)
     index = scan_image_folder(root, validate=True, num_workers=num_workers)
@@ -337,12 +332,12 @@ def recordio_to_tfrecord(
       FileExistsError: ``out_dir`` holds a dataset and ``overwrite`` is false.
     """
     if num_shards is not None:
-        num_shards = _positive_int(num_shards, "num_shards")
+        num_shards = positive_int(num_shards, "num_shards")
     if image_size is not None:
         image_size = tuple(int(v) for v in image_size)
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"image_size must be (height, width), got {image_size!r}")
-    num_workers = (os.cpu_count() or 1) if num_workers is None else _positive_int(num_workers, "num_workers")
+    num_workers = (os.cpu_count() or 1) if num_workers is None else positive_int(num_workers, "num_workers")
     info = inspect_recordio(rec_path, idx_path, count_labels=False)
     out = check_output_dir(out_dir, overwrite)
     if num_shards is None:

@@ -48,6 +48,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from tfface.data.checks import positive_int
 from tfface.fileio import atomic_write_json
 
 __all__ = [
@@ -74,12 +75,6 @@ log = logging.getLogger(__name__)
 def shard_names(num_shards: int, prefix: str = "train") -> list[str]:
     """File names ``{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord`` for ``i`` in ``0..num_shards-1``."""
     return [f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _fsync_file(path: str) -> None:
@@ -145,7 +140,7 @@ def _write_dataset(out_dir, examples, num_shards, prefix, num_classes, classes, 
     if reserved:
         raise ValueError(f"metadata may not replace the manifest's own keys {reserved}")
     out_dir = os.path.abspath(os.fspath(out_dir))
-    num_shards = _positive_int(num_shards, "num_shards")
+    num_shards = positive_int(num_shards, "num_shards")
     if not prefix or "/" in prefix or os.sep in prefix:
         raise ValueError(f"prefix must be a plain file-name prefix, got {prefix!r}")
     if classes is not None:
@@ -154,7 +149,7 @@ def _write_dataset(out_dir, examples, num_shards, prefix, num_classes, classes, 
             raise ValueError(f"num_classes={num_classes} but {len(classes)} class names were given")
         num_classes = len(classes)
     if num_classes is not None:
-        num_classes = _positive_int(num_classes, "num_classes")
+        num_classes = positive_int(num_classes, "num_classes")
     os.makedirs(out_dir, exist_ok=True)
     manifest_path = os.path.join(out_dir, MANIFEST_NAME)
     # Remove an old manifest first: otherwise a crash mid-write would leave it describing a mix of
@@ -365,7 +360,7 @@ def tfrecord_dataset(
         if missing:
             raise FileNotFoundError(f"{len(missing)} shard file(s) missing: {', '.join(missing[:5])}")
         expected = [-1] * len(files)
-    num_workers = _positive_int(num_workers, "num_workers")
+    num_workers = positive_int(num_workers, "num_workers")
     if isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer)):
         raise ValueError(f"shard_index must be an integer, got {shard_index!r}")
     if not 0 <= shard_index < num_workers:
@@ -417,5 +412,5 @@ def tfrecord_dataset(
         read_shard, cycle_length=cycle_length, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
     )
     if shuffle_buffer:
-        ds = ds.shuffle(_positive_int(shuffle_buffer, "shuffle_buffer"), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(positive_int(shuffle_buffer, "shuffle_buffer"), seed=seed, reshuffle_each_iteration=True)
     return ds.prefetch(tf.data.AUTOTUNE)
