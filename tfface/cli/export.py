@@ -14,6 +14,8 @@ flags.DEFINE_string("export_base", None, "Base directory of the export (default 
 flags.DEFINE_string("model_name", None, "Model name in the layout (default: the run's --export_name).")
 flags.DEFINE_integer("version", None, "Integer version (default: one more than the highest present).",
                      lower_bound=0)
+flags.DEFINE_enum("weights", None, ["ema", "raw"],
+                  "Which weights to export (default: the run's --export_weights if it kept an EMA, else raw).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -26,7 +28,7 @@ def main(argv):
     from tfface.train.workdir import export_from_workdir
 
     path = export_from_workdir(FLAGS.workdir, export_base=FLAGS.export_base, model_name=FLAGS.model_name,
-                               version=FLAGS.version)
+                               version=FLAGS.version, weights=FLAGS.weights)
     print(path)
 
 

@@ -7,6 +7,7 @@ file containing them loads with ``keras.saving.load_model`` once ``tfface.layers
 from tfface.layers.embedding import EmbeddingHead, L2Normalize
 from tfface.layers.heads import HEADS, build_head, head_kwargs_names
 from tfface.layers.margins import ArcFace, CombinedMargin, CosFace, SubCenterArcFace
+from tfface.layers.partial_fc import PartialFC
 from tfface.layers.preprocessing import FaceNormalization
 from tfface.layers.softmax import NormFace, Softmax
 from tfface.layers.sphereface import SphereFace
@@ -21,6 +22,7 @@ __all__ = [
     "FaceNormalization",
     "L2Normalize",
     "NormFace",
+    "PartialFC",
     "Softmax",
     "SphereFace",
     "SubCenterArcFace",

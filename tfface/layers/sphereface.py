@@ -24,6 +24,22 @@ def chebyshev(cos_t, m):
     return cur
 
 
+def advance_iterations(counter, training):
+    """The value of the int64 ``counter`` this call uses, counting one more for a training call.
+
+    Returns the count before the call plus one when training (so the first training call sees 1); an
+    inference call reads it without changing it. ``training`` may be a Python bool or a boolean tensor.
+    Shared by the layers whose behaviour follows the training step (SphereFace's λ, Partial FC's sampling).
+    """
+    current = tf.convert_to_tensor(counter.value)
+    if training is None or training is False:
+        return current
+    step = tf.cast(training, tf.int64)  # adding cast(training) covers a bool tensor as well
+    with tf.control_dependencies([current]):
+        counter.assign_add(step)
+    return current + step
+
+
 @keras.saving.register_keras_serializable(package="tfface")
 class SphereFace(ClassifierHead):
     """A-Softmax: multiplicative angular margin (SphereFace; Liu, Wen, Yu, Li, Raj, Song, CVPR 2017).
@@ -90,14 +106,7 @@ class SphereFace(ClassifierHead):
         return tf.cast(tf.maximum(lam, self.lambda_min), tf.float32)
 
     def _iteration_for_call(self, training):
-        current = tf.convert_to_tensor(self.iterations.value)
-        if training is None or training is False:
-            return current
-        # training may be a Python bool or a boolean tensor; adding cast(training) covers both.
-        step = tf.cast(training, tf.int64)
-        with tf.control_dependencies([current]):
-            self.iterations.assign_add(step)
-        return current + step
+        return advance_iterations(self.iterations, training)
 
     def psi(self, cos_t):
         """``(-1)^k cos(m theta) - 2k`` for ``theta = arccos(cos_t)``, ``k = floor(theta m / pi)``."""

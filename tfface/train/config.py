@@ -10,14 +10,18 @@ import dataclasses
 import json
 import os
 
-STRATEGIES = ("auto", "one_device", "mirrored")
-LR_SCHEDULES = ("step", "cosine", "constant")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+LR_SCHEDULES = ("step", "cosine", "polynomial", "constant")
 OPTIMIZERS = ("sgd", "adamw", "adam")
 HEADS = ("softmax", "normface", "sphereface", "cosface", "arcface", "combined", "subcenter")
 LOSSES = ("softmax_ce", "triplet", "contrastive")
 TRIPLET_MINING = ("semihard", "batch_hard")
 DATASETS = ("synthetic", "folder", "tfrecord", "rec")
 FLIP_FUSIONS = ("sum", "concat", "none")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+ON_NAN = ("stop", "skip_batch")
+WEIGHT_DECAY_MODES = ("auto", "l2", "decoupled")
+EXPORT_WEIGHTS = ("ema", "raw")
 
 
 @dataclasses.dataclass
@@ -54,6 +58,7 @@ class TrainConfig:
     easy_margin: bool = False
     learn_s: bool = False
     subcenters: int | None = None
+    partial_fc_rate: float = 1.0  # 1.0 = off (the full head)
     center_loss_weight: float = 0.0
     center_alpha: float = 0.5
     triplet_mining: str = "semihard"
@@ -70,19 +75,28 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    weight_decay_mode: str = "auto"  # auto: decoupled for adamw, L2 (added to the gradient) for sgd/adam
     lr_schedule: str = "step"
     lr_step_epochs: tuple[int, ...] = (10, 16)
     lr_decay: float = 0.1
+    lr_power: float = 2.0  # polynomial schedule exponent (arcface_torch: 2)
+    lr_end: float = 0.0  # where cosine and polynomial end
     warmup_epochs: float = 0.0
     strategy: str = "auto"
     seed: int = 0
+    precision: str = "float32"
+    clip_norm: float = 0.0  # 0 = off; InsightFace clips the backbone's gradient norm at 5
+    on_nan: str = "stop"
+    ema_decay: float = 0.0  # 0 = off; FaceNet (Sandberg): 0.9999
     # checkpoints, evaluation, export
     keep_checkpoints: int = 3
+    checkpoint_every_steps: int = 0  # 0 = only at the end of each epoch
     val_every_epochs: int = 1
     val_flip_fusion: str = "sum"
     val_batch_size: int = 256
     export: bool = True
     export_name: str = "tfface"
+    export_weights: str = "ema"  # with --ema_decay > 0: export the averaged (ema) or the raw weights
 
     @property
     def metric_batch_size(self) -> int:
@@ -165,6 +179,7 @@ class TrainConfig:
             need(float(self.margin_m).is_integer() and self.margin_m >= 1, "margin_m",
                  "SphereFace needs an integer margin >= 1")
         need(self.subcenters is None or self.subcenters >= 1, "subcenters", "must be >= 1")
+        need(0.0 < self.partial_fc_rate <= 1.0, "partial_fc_rate", "must be in (0, 1] (1 = off)")
         need(self.center_loss_weight >= 0, "center_loss_weight", "must be >= 0")
         need(self.center_loss_weight == 0 or self.loss == "softmax_ce" or self.pretrain_epochs > 0,
              "center_loss_weight", "center loss joins a softmax-family head (--loss=softmax_ce)")
@@ -189,9 +204,21 @@ class TrainConfig:
              and all(0 < e for e in self.lr_step_epochs), "lr_step_epochs",
              "must be strictly increasing positive epochs")
         need(0.0 < self.lr_decay <= 1.0, "lr_decay", "must be in (0, 1]")
+        need(self.lr_power > 0, "lr_power", "must be > 0")
+        need(0.0 <= self.lr_end < self.lr, "lr_end", "must be in [0, lr)")
+        need(self.weight_decay_mode in WEIGHT_DECAY_MODES, "weight_decay_mode",
+             f"must be one of {WEIGHT_DECAY_MODES}")
+        need(not (self.optimizer == "adamw" and self.weight_decay_mode == "l2"), "weight_decay_mode",
+             "adamw is Adam with decoupled decay: use --optimizer=adam for Adam with L2 decay")
+        need(self.ema_decay == 0.0 or 0.0 < self.ema_decay < 1.0, "ema_decay", "must be 0 (off) or in (0, 1)")
+        need(self.export_weights in EXPORT_WEIGHTS, "export_weights", f"must be one of {EXPORT_WEIGHTS}")
         need(0.0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "must be in [0, epochs)")
         need(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        need(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0 (0 = at epoch ends only)")
+        need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
+        need(self.clip_norm >= 0, "clip_norm", "must be >= 0 (0 = off)")
+        need(self.on_nan in ON_NAN, "on_nan", f"must be one of {ON_NAN}")
         need(self.val_every_epochs >= 0, "val_every_epochs", "must be >= 0 (0 = never)")
         need(self.val_flip_fusion in FLIP_FUSIONS, "val_flip_fusion", f"must be one of {FLIP_FUSIONS}")
         need(self.val_batch_size >= 1, "val_batch_size", "must be >= 1")

@@ -13,13 +13,17 @@ from absl import flags
 
 from tfface.train.config import (
     DATASETS,
+    EXPORT_WEIGHTS,
     FLIP_FUSIONS,
     HEADS,
     LOSSES,
     LR_SCHEDULES,
+    ON_NAN,
     OPTIMIZERS,
+    PRECISIONS,
     STRATEGIES,
     TRIPLET_MINING,
+    WEIGHT_DECAY_MODES,
     TrainConfig,
 )
 
@@ -92,6 +96,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     f.DEFINE_bool("learn_s", _D.learn_s, "NormFace: learn the scale s.", flag_values=fv)
     f.DEFINE_integer("subcenters", _D.subcenters, "Sub-center ArcFace: sub-centres per class K (paper: 3).",
                      flag_values=fv)
+    f.DEFINE_float("partial_fc_rate", _D.partial_fc_rate,
+                   "Partial FC (An et al. 2021): each step uses the batch's classes plus uniform negatives, "
+                   "ceil(rate * C) in all; only those class centres are updated. 1.0 = off (full head); "
+                   "paper: 0.1.", lower_bound=0.0, upper_bound=1.0, flag_values=fv)
     f.DEFINE_float("center_loss_weight", _D.center_loss_weight,
                    "lambda of the joint center loss L = L_S + lambda * L_C (0 = off; Wen et al.: 0.003).",
                    lower_bound=0.0, flag_values=fv)
@@ -126,23 +134,53 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     f.DEFINE_float("momentum", _D.momentum, "SGD momentum.", lower_bound=0.0, upper_bound=0.999,
                    flag_values=fv)
     f.DEFINE_float("weight_decay", _D.weight_decay,
-                   "L2 weight decay on kernels (added to the gradient, as PyTorch SGD does); "
-                   "decoupled for adamw.", lower_bound=0.0, flag_values=fv)
+                   "Weight decay lambda on kernels (never on BN, PReLU, biases, centres or NormFace's scale); "
+                   "see --weight_decay_mode.", lower_bound=0.0, flag_values=fv)
+    f.DEFINE_enum("weight_decay_mode", _D.weight_decay_mode, WEIGHT_DECAY_MODES,
+                  "l2: add lambda*w to the gradient (= penalty lambda/2*|w|^2 = PyTorch/Caffe SGD weight_decay, the "
+                  "papers' 5e-4); decoupled: w -= lr*lambda*w outside the gradient (AdamW; with SGD momentum mu "
+                  "about lambda/(1-mu) matches an L2 lambda); auto: decoupled for adamw, l2 otherwise.",
+                  flag_values=fv)
     f.DEFINE_enum("lr_schedule", _D.lr_schedule, LR_SCHEDULES, "Learning-rate schedule after warm-up.",
                   flag_values=fv)
     f.DEFINE_list("lr_step_epochs", [str(e) for e in _D.lr_step_epochs],
                   "Epochs at which the step schedule multiplies the LR by --lr_decay.", flag_values=fv)
     f.DEFINE_float("lr_decay", _D.lr_decay, "Step-schedule factor.", lower_bound=0.0, upper_bound=1.0,
                    flag_values=fv)
+    f.DEFINE_float("lr_power", _D.lr_power, "Polynomial schedule: lr = lr_end + (lr - lr_end)(1 - p)^power "
+                   "(arcface_torch: 2; 1 = linear decay).", lower_bound=0.0, flag_values=fv)
+    f.DEFINE_float("lr_end", _D.lr_end, "Final LR of the cosine and polynomial schedules.", lower_bound=0.0,
+                   flag_values=fv)
     f.DEFINE_float("warmup_epochs", _D.warmup_epochs, "Linear LR warm-up from 0, in epochs.", lower_bound=0.0,
                    flag_values=fv)
     f.DEFINE_enum("strategy", _D.strategy, STRATEGIES,
-                  "Distribution: auto (MirroredStrategy on >1 GPU, else default), one_device, mirrored.",
+                  "Distribution: auto (multi_worker when TF_CONFIG names >1 worker, else MirroredStrategy on "
+                  ">1 GPU, else one device), one_device, mirrored (all local GPUs, or all logical CPUs), "
+                  "multi_worker (MultiWorkerMirroredStrategy over the TF_CONFIG cluster; README: Training on "
+                  "several GPUs / machines). --batch_size is the global batch over all replicas.",
                   flag_values=fv)
     f.DEFINE_integer("seed", _D.seed, "Seed for weights, shuffling and augmentation.", flag_values=fv)
+    f.DEFINE_enum("precision", _D.precision, PRECISIONS,
+                  "Backbone compute dtype: float32, or the Keras mixed policies (float16 with dynamic loss "
+                  "scaling, or bfloat16); margin logits, centres and losses stay float32.", flag_values=fv)
+    f.DEFINE_float("clip_norm", _D.clip_norm,
+                   "Clip the feature model's gradient to this global L2 norm (0 = off; InsightFace: 5).",
+                   lower_bound=0.0, flag_values=fv)
+    f.DEFINE_float("ema_decay", _D.ema_decay,
+                   "Keep an exponential moving average of the embedding network's weights (and BN statistics) "
+                   "with decay min(ema_decay, (1+t)/(10+t)) at step t; 0 = off (FaceNet/Sandberg: 0.9999). "
+                   "Verification reports raw and EMA accuracy; checkpoints keep both.", lower_bound=0.0,
+                   upper_bound=0.999999, flag_values=fv)
+    f.DEFINE_enum("on_nan", _D.on_nan, ON_NAN,
+                  "On a non-finite loss or gradient: stop (error naming the step; the last checkpoint stays "
+                  "intact) or skip_batch (drop the batch without updating anything, count it, go on).",
+                  flag_values=fv)
     # checkpoints, evaluation, export
     f.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept (the last K epochs).",
                      lower_bound=1, flag_values=fv)
+    f.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,
+                     "Also checkpoint every N steps inside an epoch (0 = at epoch ends only); a killed run "
+                     "resumes from the newest checkpoint, mid-epoch included.", lower_bound=0, flag_values=fv)
     f.DEFINE_integer("val_every_epochs", _D.val_every_epochs, "Verify on held-out pairs every N epochs "
                      "(0 = never); the last epoch is always verified.", lower_bound=0, flag_values=fv)
     f.DEFINE_enum("val_flip_fusion", _D.val_flip_fusion, FLIP_FUSIONS, "Flip fusion for verification.",
@@ -152,6 +190,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     f.DEFINE_bool("export", _D.export,
                   "Export a SavedModel to <workdir>/export/<name>/<version>/ at the end.", flag_values=fv)
     f.DEFINE_string("export_name", _D.export_name, "Model name in the export layout.", flag_values=fv)
+    f.DEFINE_enum("export_weights", _D.export_weights, EXPORT_WEIGHTS,
+                  "With --ema_decay > 0: export the EMA weights (default) or the raw ones.", flag_values=fv)
 
     f.mark_flag_as_required("workdir", flag_values=fv)
     for name in ("input_size", "lr_step_epochs"):

@@ -15,9 +15,11 @@ import tensorflow as tf
 from tfface.data.folder import read_classes
 from tfface.layers.center import CenterLoss
 from tfface.layers.heads import build_head, head_kwargs_names
+from tfface.layers.partial_fc import PartialFC
 from tfface.models.face_model import build_embedding_model, build_feature_model
 from tfface.models.registry import backbone_spec
 from tfface.train.config import TrainConfig
+from tfface.train.ema import averaged_variables, restore_averages_into
 
 
 def load_config(workdir: str) -> TrainConfig:
@@ -90,6 +92,9 @@ def build_models(cfg: TrainConfig, num_classes: int):
     head = center = None
     if uses_head(cfg):
         head = build_head(cfg.head, num_classes, **head_kwargs(cfg))
+        if cfg.partial_fc_rate < 1.0:
+            # Unbuilt head: PartialFC keeps the centres itself, (C, D), so the gradient is row-sparse.
+            head = PartialFC(head, rate=cfg.partial_fc_rate, seed=cfg.seed)
         head.build((None, cfg.embedding_size))
     if cfg.center_loss_weight > 0:
         center = CenterLoss(num_classes, alpha=cfg.center_alpha)
@@ -117,13 +122,27 @@ def restore_feature_model(feature_model, path: str) -> str:
     return path
 
 
-def restore_embedding_model(workdir: str, checkpoint: str | None = None):
-    """Rebuild the run's models and restore `checkpoint` (default: the latest). Returns (cfg, model, path)."""
+def export_weights_of(cfg: TrainConfig, weights: str | None = None) -> str:
+    """'ema' or 'raw': `weights` if given, else the run's --export_weights when it kept an EMA, else 'raw'."""
+    if weights is None:
+        weights = cfg.export_weights if cfg.ema_decay else "raw"
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    return weights
+
+
+def restore_embedding_model(workdir: str, checkpoint: str | None = None, weights: str = "raw"):
+    """Rebuild the run's models and restore `checkpoint` (default: the latest) with its raw or EMA
+    (`weights="ema"`; ValueError if the run kept none) weights. Returns (cfg, model, path)."""
     cfg = load_config(workdir)
     # Only the backbone and embedding head are restored, so no class count is needed (a work directory
     # made by tfface-convert has none).
     feature_model, embedding_model = build_face_models(cfg)
     path = restore_feature_model(feature_model, checkpoint or workdir)
+    if weights == "ema":
+        # Shadows are stored in averaged_variables() order; loading them straight into the weights is the
+        # same as WeightEMA.copy_to after a full restore.
+        restore_averages_into(averaged_variables(feature_model), path)
     return cfg, embedding_model, path
 
 
@@ -141,11 +160,15 @@ def export_metadata(cfg: TrainConfig, num_classes: int | None, verification: dic
 
 
 def export_from_workdir(workdir: str, export_base: str | None = None, model_name: str | None = None,
-                        version: int | None = None, checkpoint: str | None = None) -> str:
-    """Export the latest (or given) checkpoint of a run as a versioned SavedModel; return its directory."""
+                        version: int | None = None, checkpoint: str | None = None, weights: str | None = None) -> str:
+    """Export the latest (or given) checkpoint of a run as a versioned SavedModel; return its directory.
+
+    `weights`: 'ema' or 'raw'; default the run's --export_weights when it kept an EMA, else 'raw'.
+    """
     from tfface.serving.exporter import export_saved_model
 
-    cfg, model, path = restore_embedding_model(workdir, checkpoint)
+    weights = export_weights_of(load_config(workdir), weights)
+    cfg, model, path = restore_embedding_model(workdir, checkpoint, weights=weights)
     final = {}
     metrics_path = os.path.join(workdir, "metrics.json")
     if os.path.exists(metrics_path):
@@ -159,5 +182,6 @@ def export_from_workdir(workdir: str, export_base: str | None = None, model_name
         num_classes = final.get("data", {}).get("classes")
     meta = export_metadata(cfg, num_classes, verification)
     meta["checkpoint"] = os.path.basename(path)
+    meta["weights"] = weights
     return export_saved_model(model, export_base or os.path.join(workdir, "export"),
                               model_name or cfg.export_name, version=version, metadata=meta)
