@@ -52,3 +52,23 @@ def test_mixed_float16_trains_20_steps_without_nan(images, tmp_path):
     # The checkpoint holds the loss scale, so a resumed run keeps it.
     names = [n for n, _ in tf.train.list_variables(trainer.manager.latest_checkpoint)]
     assert any("dynamic_scale" in n for n in names)
+
+
+def test_mixed_bfloat16_trains_without_loss_scaling(images, tmp_path):
+    from tfface.train.trainer import Trainer
+
+    cfg = TrainConfig(workdir=str(tmp_path / "w"), dataset="folder", data_dir=str(images), input_size=(32, 32),
+                      width_multiplier=0.25, embedding_size=16, batch_size=8, steps_per_epoch=4, epochs=1, lr=0.05,
+                      margin_s=16.0, margin_m=0.2, cache_images=False, export=False, val_every_epochs=0,
+                      precision="mixed_bfloat16")
+    trainer = Trainer(cfg)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    # bfloat16 has float32's exponent range: no loss scaling (and no skipped steps) is needed.
+    assert not isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert any(layer.compute_dtype == "bfloat16" for layer in trainer.feature_model.layers)
+    assert trainer.head.compute_dtype == "float32"
+    metrics = trainer.fit()
+    assert metrics["final"]["optimizer_steps"] == 4 and metrics["final"]["skipped_batches"] == 0
+    assert all(np.isfinite(e["loss"]) for e in metrics["epochs"])
+    assert all(np.all(np.isfinite(v.numpy())) for v in trainer.feature_model.variables)
+    assert trainer.embedding_model(tf.random.uniform((2, 32, 32, 3), 0, 255)).dtype == tf.float32
