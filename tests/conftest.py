@@ -1,5 +1,10 @@
 """Fixtures shared across test modules."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -13,6 +18,26 @@ def mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_float16")
     yield
     keras.mixed_precision.set_global_policy(previous)
+
+
+@pytest.fixture
+def run_cpu_script():
+    """``run(script, timeout=600) -> stdout``: run a (dedented) Python script in a fresh process, GPUs hidden.
+
+    The multi-replica tests split the CPU into logical devices in a process of their own (two
+    MirroredStrategy instances in one process collide). Hiding the GPUs keeps them meaning the same on a
+    machine that has one, where ``make_strategy("mirrored")`` would otherwise take the GPU. A non-zero exit
+    fails the test with the tail of both streams.
+    """
+
+    def run(script: str, timeout: int = 600) -> str:
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                              env=env, timeout=timeout)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        return proc.stdout
+
+    return run
 
 
 @pytest.fixture

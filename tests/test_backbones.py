@@ -4,8 +4,6 @@ One representative per family (the families share their builder code across dept
 and MAC counts of every depth are in the per-family test files.
 """
 
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -102,8 +100,6 @@ MIRRORED = """
 """
 
 
-def test_every_family_trains_under_mirrored_strategy():
-    script = textwrap.dedent(MIRRORED).replace("{tiny}", repr(TINY))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count(" ok ") == len(TINY)
+def test_every_family_trains_under_mirrored_strategy(run_cpu_script):
+    stdout = run_cpu_script(textwrap.dedent(MIRRORED).replace("{tiny}", repr(TINY)))
+    assert stdout.count(" ok ") == len(TINY)

@@ -1,8 +1,5 @@
 """CenterLoss: golden loss and centre update against NumPy, gradients, dtypes, config, and 2 replicas == 1."""
 
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -317,10 +314,8 @@ DISTRIBUTED = """
 """
 
 
-def test_mirrored_two_replicas_match_one_device():
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(DISTRIBUTED)], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "max centre difference" in proc.stdout
-    assert "mirrored update matches the global-batch reference" in proc.stdout
-    assert "clear error when built inside strategy.run" in proc.stdout
+def test_mirrored_two_replicas_match_one_device(run_cpu_script):
+    stdout = run_cpu_script(DISTRIBUTED)
+    assert "max centre difference" in stdout
+    assert "mirrored update matches the global-batch reference" in stdout
+    assert "clear error when built inside strategy.run" in stdout

@@ -1,8 +1,5 @@
 """Partial FC: rate 1 is the full head; sampled subsets, remapped labels, sparse gradients, determinism."""
 
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -217,11 +214,8 @@ MIRRORED = """
 """
 
 
-def test_mirrored_replicas_share_the_subset():
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(MIRRORED)], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "ok" in out.stdout
+def test_mirrored_replicas_share_the_subset(run_cpu_script):
+    assert "ok" in run_cpu_script(MIRRORED, timeout=300)
 
 
 def test_real_train_step_updates_only_sampled_rows():

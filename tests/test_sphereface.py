@@ -3,9 +3,6 @@ two-replica MirroredStrategy), golden logits against NumPy, finite gradients at 
 
 import json
 import math
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -198,12 +195,8 @@ DISTRIBUTED = """
 """
 
 
-def test_counter_steps_once_per_global_step_on_two_replicas():
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(DISTRIBUTED)], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_counter_steps_once_per_global_step_on_two_replicas(run_cpu_script):
+    out = json.loads(run_cpu_script(DISTRIBUTED, timeout=300).strip().splitlines()[-1])
     assert out["replicas"] == 2
     assert out["per_replica"] == [3, 3]
     assert all(np.isfinite(out["losses"]))

@@ -1,10 +1,6 @@
 """Triplet losses: golden values against NumPy brute force over all triplets, ties, degenerate batches,
 gradients, float16, tf.function / XLA / MirroredStrategy, Keras wrappers."""
 
-import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -270,9 +266,6 @@ print("OK")
 """
 
 
-def test_mirrored_strategy_two_replicas():
+def test_mirrored_strategy_two_replicas(run_cpu_script):
     """Each replica mines its own half of the global batch; summing loss / replicas averages them."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(MIRRORED)], capture_output=True, text=True,
-                            env=env, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))  # fmt: skip
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    assert "OK" in run_cpu_script(MIRRORED, timeout=120)
