@@ -27,7 +27,7 @@ setup(
     extras_require={
         # matplotlib: its wheel ships a real face photo (sample_data/grace_hopper.jpg) the detector tests use,
         # Pillow writes the CMYK JPEGs of the bad-input tests.
-        "dev": ["pytest", "scikit-learn", "ruff", "matplotlib", "pillow"],
+        "dev": ["pytest", "pytest-xdist", "scikit-learn", "ruff", "matplotlib", "pillow"],
         "faiss": ["faiss-cpu"],
         "onnx": ["tf2onnx", "onnxruntime"],
         # tfface-convert: reads arcface_torch / InsightFace ONNX weights (no onnx-tf, no onnxruntime).
