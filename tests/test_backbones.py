@@ -4,7 +4,6 @@ One representative per family (the families share their builder code across dept
 and MAC counts of every depth are in the per-family test files.
 """
 
-import textwrap
 
 import keras
 import numpy as np
@@ -101,5 +100,5 @@ MIRRORED = """
 
 
 def test_every_family_trains_under_mirrored_strategy(run_cpu_script):
-    stdout = run_cpu_script(textwrap.dedent(MIRRORED).replace("{tiny}", repr(TINY)))
+    stdout = run_cpu_script(MIRRORED.replace("{tiny}", repr(TINY)))  # the fixture dedents
     assert stdout.count(" ok ") == len(TINY)
