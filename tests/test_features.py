@@ -152,3 +152,84 @@ def test_evaluate_pairs_end_to_end(tmp_path):
     assert report["auc"] == 1.0 and report["accuracy_mean"] == 1.0  # colours separate identities
     assert report["flip_fusion"] == "sum" and report["num_images"] == 6 and report["embedding_size"] == 3
     assert report["folds"] == "pairs file"
+
+
+def test_load_pair_images_from_two_folders(tmp_path):
+    from tfface.data.pairs import PairList
+
+    for side, colour in (("ids", 40), ("selfies", 200)):
+        (tmp_path / side / "a").mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / side / "a" / "1.png"), np.full((4, 4, 3), colour, np.uint8))
+    # The same relative path names a different image on each side.
+    pl = PairList(["a/1.png", "a/1.png"], ["a/1.png", "a/1.png"], np.array([True, False]), np.zeros(2, np.int32), 1)
+    pi = F.load_pair_images(str(tmp_path / "ids"), pl, right_root=str(tmp_path / "selfies"))
+    assert pi.images.shape[0] == 2
+    assert pi.images[pi.left_index[0]].max() == 40 and pi.images[pi.right_index[0]].max() == 200
+
+
+def test_fit_pca_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    x = np.random.default_rng(3).normal(size=(50, 8)) @ np.diag([5, 4, 3, 2, 1, 0.5, 0.2, 0.1])
+    pca = F.fit_pca(x, 3)
+    ref = PCA(3, svd_solver="full").fit(x)
+    # Components are defined up to sign: compare the projections' absolute values.
+    np.testing.assert_allclose(np.abs(pca.transform(x)), np.abs(ref.transform(x)), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="PCA dim must be in 1..8"):
+        F.fit_pca(x, 9)
+
+
+def _pair_case(seed=0, ids=12, per_id=4, dim=16):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids, dim))
+    emb = np.repeat(centres, per_id, axis=0) + rng.normal(0, 0.8, (ids * per_id, dim))
+    label = np.repeat(np.arange(ids), per_id)
+    left, right = [], []
+    for i in range(0, ids * per_id, 2):  # a same pair and a different pair per image pair
+        left += [i, i]
+        right += [i + 1, (i + per_id + 1) % (ids * per_id)]
+    left, right = np.array(left), np.array(right)
+    folds = (label[left] * 3) // ids  # 3 folds, identity-disjoint like LFW's
+    return emb.astype(np.float32), left, right, label[left] == label[right], folds
+
+
+def test_fold_pca_scores_fit_on_training_folds_only():
+    emb, left, right, issame, folds = _pair_case()
+    rows = F.fold_pca_scores(emb, left, right, folds, pca_dim=5)
+    assert rows.shape == (3, left.size)
+    # Reference for fold 1: PCA on the images of folds 0 and 2 only.
+    test = folds == 1
+    fit = np.setdiff1d(np.union1d(left[~test], right[~test]), np.union1d(left[test], right[test]))
+    pca = F.fit_pca(F.l2_normalize(emb)[fit], 5)
+    np.testing.assert_allclose(rows[1], F.pair_scores(pca.transform(F.l2_normalize(emb)), left, right), atol=1e-5)
+    # Changing fold 1's images leaves row 1's scores of pairs that do not touch them unchanged: the PCA
+    # never saw them (here some different pairs of other folds share an image with fold 1).
+    touched = np.union1d(left[test], right[test])
+    moved = emb.copy()
+    moved[touched] = np.random.default_rng(9).normal(size=(touched.size, emb.shape[1]))
+    rows2 = F.fold_pca_scores(moved, left, right, folds, pca_dim=5)
+    untouched = ~np.isin(left, touched) & ~np.isin(right, touched)
+    assert untouched.sum() > 10
+    np.testing.assert_allclose(rows2[1][untouched], rows[1][untouched], atol=1e-5)
+    assert not np.allclose(rows2[0][untouched], rows[0][untouched], atol=1e-3)  # fold 0's PCA did see them
+
+
+def test_evaluate_pair_embeddings_pca_and_squared_l2():
+    emb, left, right, issame, folds = _pair_case(seed=1)
+    cos = F.evaluate_pair_embeddings(emb, left, right, issame, folds=folds)
+    l2 = F.evaluate_pair_embeddings(emb, left, right, issame, folds=folds, distance="squared_l2")
+    # On unit vectors d^2 = 2 - 2 cos: same decisions, thresholds mapped, accept <= instead of >=.
+    for key in ("accuracy_mean", "auc", "eer", "best_threshold_accuracy"):
+        assert l2[key] == pytest.approx(cos[key], abs=1e-6), key
+    np.testing.assert_allclose(l2["fold_thresholds"], 2 - 2 * np.array(cos["fold_thresholds"]), atol=1e-5)
+    assert l2["eer_threshold"] == pytest.approx(2 - 2 * cos["eer_threshold"], abs=1e-5)
+    assert "<=" in l2["decision"] and ">=" in cos["decision"] and l2["distance"] == "squared_l2"
+    scores = F.pair_scores(emb, left, right, distance="squared_l2")
+    np.testing.assert_allclose(-scores, np.sum((F.l2_normalize(emb)[left] - F.l2_normalize(emb)[right]) ** 2, 1),
+                               rtol=1e-5)
+    pca = F.evaluate_pair_embeddings(emb, left, right, issame, folds=folds, pca_dim=4)
+    rows = F.fold_pca_scores(emb, left, right, folds, 4)
+    assert pca["pca_dim"] == 4
+    assert pca["accuracy_mean"] == verification_report(rows, issame, folds=folds)["accuracy_mean"]
+    with pytest.raises(ValueError, match="distance must be one of"):
+        F.pair_scores(emb, left, right, distance="l1")

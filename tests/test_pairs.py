@@ -103,3 +103,35 @@ def test_write_pairs_validates(tmp_path):
     with pytest.raises(ValueError, match="must be >= 1"):
         write_pairs(tmp_path / "p.txt", [([("a", 0, 2)], [("a", 1, "b", 1)])])
     assert not (tmp_path / "p.txt").exists()
+
+
+def test_read_pairs_csv(tmp_path):
+    from tfface.data.pairs import read_pairs_csv
+
+    path = tmp_path / "pairs.csv"
+    path.write_text("left,right,same,fold\nid/a.jpg,selfie/a1.jpg,1,7\n\nid/a.jpg,selfie/b1.jpg,different,3\n"
+                    "id/b.jpg,selfie/b2.jpg,TRUE,7\n")
+    pl = read_pairs_csv(path)
+    assert pl.left == ["id/a.jpg", "id/a.jpg", "id/b.jpg"] and pl.right[1] == "selfie/b1.jpg"
+    np.testing.assert_array_equal(pl.issame, [True, False, True])
+    np.testing.assert_array_equal(pl.fold, [1, 0, 1])  # renumbered in sorted order: 3 -> 0, 7 -> 1
+    assert pl.n_folds == 2
+    path.write_text("right,left,same\nb.jpg,a.jpg,0\n")  # column order is free; no fold column: one fold
+    pl = read_pairs_csv(path)
+    assert pl.left == ["a.jpg"] and pl.n_folds == 1 and not pl.issame[0]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("left,right\na,b\n", "lacks column"),
+    ("left,right,same\na,b,maybe\n", r"pairs.csv:2: 'same' must be"),
+    ("left,right,same\na,,1\n", "empty image path"),
+    ("left,right,same,fold\na,b,1,x\n", "fold 'x' is not an integer"),
+    ("left,right,same\n", "no pairs"),
+])
+def test_read_pairs_csv_errors_name_the_line(tmp_path, text, match):
+    from tfface.data.pairs import read_pairs_csv
+
+    path = tmp_path / "pairs.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_pairs_csv(path)

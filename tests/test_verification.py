@@ -224,3 +224,27 @@ def test_input_validation():
         V.roc_curve([0.1, 0.2], [0.3, 0.9])
     with pytest.raises(ValueError, match="folds"):
         V.kfold_accuracy([0.1, 0.2, 0.3], [1, 0, 1], folds=[0, 0, 0])
+
+
+def test_kfold_per_fold_scores_use_each_folds_row():
+    # Row k scores every pair with a transform fitted without fold k. Fold 0's test pairs must be judged
+    # with row 0's threshold (chosen on row 0's training pairs) and row 0's own test scores.
+    scores, issame = _random_case(5, n=120)
+    folds = np.repeat(np.arange(3), 40)
+    rng = np.random.default_rng(6)
+    rows = np.stack([scores + rng.normal(0, 0.3, scores.size) for _ in range(3)])
+    out = V.kfold_accuracy(rows, issame, folds=folds)
+    for k in range(3):
+        test = folds == k
+        t, _ = V.best_threshold(rows[k][~test], issame[~test])
+        assert out["fold_thresholds"][k] == t
+        assert out["fold_accuracies"][k] == np.mean((rows[k][test] >= t) == issame[test])
+    oof = V.out_of_fold_scores(rows, issame, folds=folds)
+    np.testing.assert_array_equal(oof, np.concatenate([rows[k][folds == k] for k in range(3)]))
+    report = V.verification_report(rows, issame, folds=folds)
+    assert report["accuracy_mean"] == out["mean"]
+    assert report["auc"] == V.roc_auc(oof, issame)  # pooled metrics: out-of-fold scores
+    # Identical rows give exactly the 1-D result.
+    assert V.kfold_accuracy(np.stack([scores] * 3), issame, folds) == V.kfold_accuracy(scores, issame, folds)
+    with pytest.raises(ValueError, match="one per fold"):
+        V.kfold_accuracy(rows[:2], issame, folds=folds)

@@ -12,8 +12,16 @@ Files without a header line (pairs lists cut from other tools) are read too: eac
 its field count (3 = matched, 4 = mismatched), in any order, as one fold.
 Fields are whitespace separated (LFW uses tabs); image indices are 1-based and map to
 ``Name/Name_0001.jpg`` (4 digits) relative to the image root. Blank lines are ignored.
+
+Pairs between any two images (e.g. an ID-photo folder and a selfie folder) are a CSV file instead, read
+by :func:`read_pairs_csv`::
+
+    left,right,same,fold            <- header; 'fold' is optional
+    alice/id.jpg,alice/selfie1.jpg,1,0
+    alice/id.jpg,bob/selfie3.jpg,0,0
 """
 
+import csv
 import dataclasses
 import os
 
@@ -156,3 +164,54 @@ def write_pairs(path, folds) -> None:
             out.append(f"{name1}\t{_parse_index(str(i), f'fold {f}')}\t"
                        f"{name2}\t{_parse_index(str(j), f'fold {f}')}\n")
     atomic_write_text(path, "".join(out))
+
+
+_TRUE = {"1", "true", "yes", "same"}
+_FALSE = {"0", "false", "no", "different"}
+
+
+def read_pairs_csv(path) -> PairList:
+    """Reads a pairs CSV with header ``left,right,same`` and an optional ``fold`` column.
+
+    ``left`` and ``right`` are image paths (relative to the left and right image folders); ``same`` is
+    1/0, true/false, yes/no or same/different; ``fold`` an integer fold id (renumbered 0..K-1 in sorted
+    order). Without ``fold`` the list is one fold (evaluation then uses 10 contiguous folds).
+
+    Raises:
+      ValueError naming the file and line on a missing column, an empty path or a bad value.
+    """
+    path = os.fspath(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in ("left", "right", "same") if c not in header]
+        if missing:
+            raise ValueError(f"{path}: header {header} lacks column(s) {missing}; expected left,right,same[,fold]")
+        reader.fieldnames = header
+        has_fold = "fold" in header
+        left, right, issame, fold = [], [], [], []
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue  # blank line
+            a, b = (row.get("left") or "").strip(), (row.get("right") or "").strip()
+            if not a or not b:
+                raise ValueError(f"{where}: empty image path (left={a!r}, right={b!r})")
+            same = (row.get("same") or "").strip().lower()
+            if same not in _TRUE | _FALSE:
+                raise ValueError(f"{where}: 'same' must be 1/0, true/false, yes/no or same/different, got {same!r}")
+            if has_fold:
+                token = (row.get("fold") or "").strip()
+                try:
+                    fold.append(int(token))
+                except ValueError:
+                    raise ValueError(f"{where}: fold {token!r} is not an integer") from None
+            left.append(a)
+            right.append(b)
+            issame.append(same in _TRUE)
+    if not left:
+        raise ValueError(f"{path}: no pairs")
+    if has_fold:
+        ids, fold_index = np.unique(np.array(fold), return_inverse=True)
+        return PairList(left, right, np.array(issame, bool), fold_index.astype(np.int32), int(ids.size))
+    return PairList(left, right, np.array(issame, bool), np.zeros(len(left), np.int32), 1)

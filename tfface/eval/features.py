@@ -1,4 +1,4 @@
-"""Batched embedding extraction for evaluation: image loading, flip fusion, pair scores.
+"""Batched embedding extraction for evaluation: image loading, flip fusion, pair scores, PCA.
 
 Deliberately free of TensorFlow imports: ``embed_fn`` can be anything that maps a batch of images to
 embeddings (a Keras model, a SavedModel signature wrapper, a NumPy function in tests), so the same
@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from tfface.eval.verification import verification_report
+from tfface.eval import verification
 
 FLIP_FUSIONS = ("sum", "concat", "none")
+DISTANCES = ("cosine", "squared_l2")
 
 
 def l2_normalize(x, axis: int = -1, epsilon: float = 1e-12) -> np.ndarray:
@@ -172,46 +173,185 @@ class PairImages:
 
 
 def load_pair_images(root: str, pairlist, image_size: tuple[int, int] | None = None,
-                     num_workers: int | None = None) -> PairImages:
+                     num_workers: int | None = None, right_root: str | None = None) -> PairImages:
     """Loads the images referenced by ``pairlist`` (a :class:`tfface.data.pairs.PairList`), each once.
 
     LFW's 6000 pairs reference ~7700 distinct images; loading and embedding every image only once
-    halves the work compared with embedding both sides of every pair.
+    halves the work compared with embedding both sides of every pair.  ``right_root`` (default: ``root``)
+    is where the right-hand images live, for pair lists between two folders (e.g. ID photos vs. selfies);
+    ``relpaths`` then holds paths joined with their root.
     """
     index: dict[str, int] = {}
-    for p in list(pairlist.left) + list(pairlist.right):
-        index.setdefault(p, len(index))
+    if right_root is None or os.path.abspath(right_root) == os.path.abspath(root):
+        sides = [(p, p) for p in list(pairlist.left) + list(pairlist.right)]
+        base = root
+    else:
+        sides = ([(p, os.path.join(root, p)) for p in pairlist.left]
+                 + [(p, os.path.join(right_root, p)) for p in pairlist.right])
+        base = ""
+    for _, key in sides:
+        index.setdefault(key, len(index))
     relpaths = list(index)
-    images = load_images(root, relpaths, image_size=image_size, num_workers=num_workers)
+    images = load_images(base, relpaths, image_size=image_size, num_workers=num_workers)
+    keys = [key for _, key in sides]
+    n = len(pairlist.left)
     return PairImages(
         images=images,
-        left_index=np.array([index[p] for p in pairlist.left], dtype=np.int64),
-        right_index=np.array([index[p] for p in pairlist.right], dtype=np.int64),
+        left_index=np.array([index[k] for k in keys[:n]], dtype=np.int64),
+        right_index=np.array([index[k] for k in keys[n:]], dtype=np.int64),
         issame=np.asarray(pairlist.issame, dtype=bool),
         fold=np.asarray(pairlist.fold, dtype=np.int32),
         relpaths=relpaths,
     )
 
 
-def pair_scores(embeddings, left_index, right_index) -> np.ndarray:
-    """Cosine similarity per pair, float32 (P,).  Embeddings are re-normalised first, so this is a
-    true cosine even for unnormalised features."""
+def pair_scores(embeddings, left_index, right_index, distance: str = "cosine") -> np.ndarray:
+    """Similarity per pair, float32 (P,); higher means more likely the same person.
+
+    Embeddings are re-normalised first, so ``cosine`` is a true cosine even for unnormalised features.
+    ``squared_l2`` returns the *negated* squared distance ``-||a - b||^2`` of the normalised features
+    (FaceNet's metric) so that every metric keeps "higher = same"; :func:`distance_report` turns the
+    thresholds of a report back into distances.  On unit vectors ``||a - b||^2 = 2 - 2 cos``, so both give
+    the same ranking, accuracy and ROC; only the threshold scale differs.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
     e = l2_normalize(np.asarray(embeddings, dtype=np.float32))
-    return np.sum(e[np.asarray(left_index)] * e[np.asarray(right_index)], axis=1)
+    a, b = e[np.asarray(left_index)], e[np.asarray(right_index)]
+    if distance == "cosine":
+        return np.sum(a * b, axis=1)
+    return -np.sum(np.square(a - b), axis=1)
+
+
+@dataclasses.dataclass
+class Pca:
+    """A PCA projection ``(x - mean) @ components.T`` (components: (dim, D), orthonormal rows)."""
+
+    mean: np.ndarray
+    components: np.ndarray
+
+    def transform(self, x) -> np.ndarray:
+        return ((np.asarray(x, np.float32) - self.mean) @ self.components.T).astype(np.float32)
+
+
+def fit_pca(features, dim: int) -> Pca:
+    """Principal components of ``features`` (N, D): the top ``dim`` right singular vectors of the centred data.
+
+    Raises ValueError if ``dim`` exceeds ``min(N - 1, D)`` (beyond that the components are not determined
+    by the data).
+    """
+    x = np.asarray(features, np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be (N, D), got shape {x.shape}")
+    limit = min(x.shape[0] - 1, x.shape[1])
+    if not 1 <= dim <= limit:
+        raise ValueError(f"PCA dim must be in 1..{limit} (min(N-1, D) with N={x.shape[0]} fitting vectors, "
+                         f"D={x.shape[1]}), got {dim}")
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return Pca(mean=mean.astype(np.float32), components=vt[:dim].astype(np.float32))
+
+
+def fold_pca_scores(embeddings, left_index, right_index, folds, pca_dim: int,
+                    distance: str = "cosine") -> np.ndarray:
+    """Per-fold pair scores with PCA fitted on the training folds only (Wen et al. 2016 evaluate LFW with
+    PCA + cosine).
+
+    For each fold k (sorted ids), PCA is fitted on the images of the *other* folds' pairs, leaving out any
+    image that also appears in fold k, then every pair is scored in that projection (re-normalised).
+
+    Returns:
+        float32 (K, P): row k is what :func:`tfface.eval.verification.kfold_accuracy` uses for fold k.
+    """
+    emb = l2_normalize(np.asarray(embeddings, np.float32))
+    left, right = np.asarray(left_index), np.asarray(right_index)
+    folds = np.asarray(folds).reshape(-1)
+    rows = []
+    for f in np.unique(folds):
+        test = folds == f
+        seen_in_test = np.zeros(emb.shape[0], bool)
+        seen_in_test[left[test]] = seen_in_test[right[test]] = True
+        fit = np.zeros(emb.shape[0], bool)
+        fit[left[~test]] = fit[right[~test]] = True
+        fit &= ~seen_in_test
+        pca = fit_pca(emb[fit], pca_dim)
+        rows.append(pair_scores(pca.transform(emb), left, right, distance=distance))
+    return np.stack(rows)
+
+
+_THRESHOLD_KEYS = ("best_threshold", "eer_threshold")
+_THRESHOLD_LIST_KEYS = ("fold_thresholds",)
+_THRESHOLD_DICT_KEYS = ("tar_at_far_thresholds",)
+
+
+def distance_report(report: dict) -> dict:
+    """A report computed on ``-squared_l2`` scores, with its thresholds turned back into distances.
+
+    Pairs with ``squared L2 <= threshold`` are then "same" (``decision`` says so).
+    """
+    out = dict(report)
+    for key in _THRESHOLD_KEYS:
+        out[key] = -report[key]
+    for key in _THRESHOLD_LIST_KEYS:
+        out[key] = [-t for t in report[key]]
+    for key in _THRESHOLD_DICT_KEYS:
+        out[key] = {k: -t for k, t in report[key].items()}
+    out["decision"] = "same if squared L2 distance of the normalised embeddings <= threshold"
+    return out
+
+
+def evaluate_pair_embeddings(embeddings, left_index, right_index, issame, folds=None, pca_dim: int = 0,
+                             distance: str = "cosine", return_scores: bool = False):
+    """:func:`tfface.eval.verification.verification_report` of already computed embeddings.
+
+    Args:
+        embeddings: (N, D) features of the distinct images; pairs index into them.
+        left_index, right_index, issame: the pairs.
+        folds: fold id per pair, or None for 10 contiguous folds.
+        pca_dim: 0 for none, else project onto that many principal components fitted on the training
+            folds only (:func:`fold_pca_scores`); the pooled metrics then use out-of-fold scores.
+        distance: ``cosine`` (thresholds on cosine, accept >=) or ``squared_l2`` (thresholds on the squared
+            distance of normalised features, accept <=).
+
+    Returns:
+        the report, plus ``distance``, ``pca_dim`` and ``decision``; with ``return_scores`` also the pooled
+        scores in the thresholds' scale (see :func:`evaluate_pairs`).
+    """
+    issame = np.asarray(issame, bool)
+    if pca_dim:
+        if folds is None:
+            folds = verification.contiguous_folds(issame.size)
+        scores = fold_pca_scores(embeddings, left_index, right_index, folds, pca_dim, distance=distance)
+    else:
+        scores = pair_scores(embeddings, left_index, right_index, distance=distance)
+    report = verification.verification_report(scores, issame, folds=folds)
+    if distance == "squared_l2":
+        report = distance_report(report)
+    else:
+        report["decision"] = "same if cosine similarity >= threshold"
+    report.update(distance=distance, pca_dim=int(pca_dim))
+    if not return_scores:
+        return report
+    pooled = verification.out_of_fold_scores(scores, issame, folds=folds) if pca_dim else scores
+    return report, (-pooled if distance == "squared_l2" else pooled)
 
 
 def evaluate_pairs(embed_fn: Callable, pair_images: PairImages, batch_size: int = 64,
-                   flip_fusion: str = "sum") -> dict:
-    """Embeds ``pair_images`` and returns :func:`tfface.eval.verification.verification_report` of
-    the cosine scores, plus ``flip_fusion``, ``folds``, ``num_images`` and ``embedding_size``.
+                   flip_fusion: str = "sum", pca_dim: int = 0, distance: str = "cosine",
+                   return_scores: bool = False):
+    """Embeds ``pair_images`` and returns :func:`evaluate_pair_embeddings`'s report, plus ``flip_fusion``,
+    ``folds``, ``num_images`` and ``embedding_size``.  With ``return_scores``, returns ``(report, scores)``:
+    the pooled per-pair scores in the report's threshold scale (cosine, or squared L2 distance; out-of-fold
+    with PCA), for plots.
 
     Folds come from ``pair_images.fold`` (pairs.txt order); a single-fold list (e.g. a
     pairsDevTrain-style file) has no protocol folds, so 10 contiguous folds are used instead.
     """
     emb = embed_images(embed_fn, pair_images.images, batch_size=batch_size, flip_fusion=flip_fusion)
-    scores = pair_scores(emb, pair_images.left_index, pair_images.right_index)
     folds = pair_images.fold if np.unique(pair_images.fold).size >= 2 else None
-    report = verification_report(scores, pair_images.issame, folds=folds)
+    out = evaluate_pair_embeddings(emb, pair_images.left_index, pair_images.right_index, pair_images.issame,
+                                   folds=folds, pca_dim=pca_dim, distance=distance, return_scores=return_scores)
+    report = out[0] if return_scores else out
     report.update(flip_fusion=flip_fusion, folds="pairs file" if folds is not None else "contiguous",
                   num_images=int(emb.shape[0]), embedding_size=int(emb.shape[1]))
-    return report
+    return out

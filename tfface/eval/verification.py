@@ -213,6 +213,50 @@ def contiguous_folds(num_pairs: int, n_folds: int = 10) -> np.ndarray:
     return np.repeat(np.arange(n_folds, dtype=np.int32), sizes)
 
 
+def _fold_ids(num_pairs: int, folds, n_folds: int) -> np.ndarray:
+    if folds is None:
+        folds = contiguous_folds(num_pairs, n_folds)
+    folds = np.asarray(folds).reshape(-1)
+    if folds.shape != (num_pairs,):
+        raise ValueError(f"folds has {folds.size} entries for {num_pairs} pairs")
+    if np.unique(folds).size < 2:
+        raise ValueError(f"need at least 2 folds, got {np.unique(folds).size}")
+    return folds
+
+
+def _per_fold_scores(scores, issame, folds, n_folds):
+    """Validates ``scores`` (P,) or (K, P) and returns ``(score_rows, issame, folds, fold_ids)``.
+
+    ``score_rows[k]`` are the scores to use when fold ``fold_ids[k]`` is the test fold.
+    """
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"scores must be (P,) or (n_folds, P), got shape {arr.shape}")
+    rows = arr if arr.ndim == 2 else arr[None]
+    checked = [_check_inputs(row, issame) for row in rows]
+    issame = checked[0][1]
+    folds = _fold_ids(issame.size, folds, n_folds)
+    fold_ids = np.unique(folds)
+    if arr.ndim == 2 and rows.shape[0] != fold_ids.size:
+        raise ValueError(f"scores has {rows.shape[0]} rows (one per fold) but there are {fold_ids.size} folds")
+    score_rows = [c[0] for c in checked] if arr.ndim == 2 else [checked[0][0]] * fold_ids.size
+    return score_rows, issame, folds, fold_ids
+
+
+def out_of_fold_scores(scores, issame, folds=None, n_folds: int = 10) -> np.ndarray:
+    """Each pair's score from the row of its own fold: ``oof[p] = scores[k(p), p]``.
+
+    With per-fold scores (a feature transform such as PCA fitted without fold k), every pair is scored
+    by a transform that never saw it, so the pooled ROC over these scores is an honest estimate.
+    1-D ``scores`` are returned unchanged (as float64).
+    """
+    score_rows, issame, folds, fold_ids = _per_fold_scores(scores, issame, folds, n_folds)
+    oof = np.empty(issame.size, np.float64)
+    for k, f in enumerate(fold_ids):
+        oof[folds == f] = score_rows[k][folds == f]
+    return oof
+
+
 def kfold_accuracy(scores, issame, folds=None, n_folds: int = 10) -> dict:
     """LFW-protocol k-fold verification accuracy.
 
@@ -220,7 +264,10 @@ def kfold_accuracy(scores, issame, folds=None, n_folds: int = 10) -> dict:
     folds and applied to the held-out fold; the held-out pairs never influence their own threshold.
 
     Args:
-        scores: similarity per pair (P,).
+        scores: similarity per pair (P,); or (K, P), one row per fold in sorted fold-id order, when the
+            scores come from a transform fitted on the training folds only (PCA): row k scores every pair
+            with the transform fitted without fold k, and both the threshold search (on the training
+            pairs) and the test use that row.
         issame: bool per pair (P,).
         folds: int fold id per pair (e.g. ``PairList.fold``, the pairs.txt folds).  If None the pairs
             are split into ``n_folds`` contiguous folds (:func:`contiguous_folds`).
@@ -231,20 +278,13 @@ def kfold_accuracy(scores, issame, folds=None, n_folds: int = 10) -> dict:
         InsightFace report), ``standard_error`` (LFW README: sample std / sqrt(k)), ``n_folds``,
         ``fold_accuracies`` and ``fold_thresholds`` (lists, fold order = sorted fold ids).
     """
-    scores, issame = _check_inputs(scores, issame)
-    if folds is None:
-        folds = contiguous_folds(scores.size, n_folds)
-    folds = np.asarray(folds).reshape(-1)
-    if folds.shape != scores.shape:
-        raise ValueError(f"folds has {folds.size} entries for {scores.size} pairs")
-    fold_ids = np.unique(folds)
-    if fold_ids.size < 2:
-        raise ValueError(f"need at least 2 folds, got {fold_ids.size}")
+    score_rows, issame, folds, fold_ids = _per_fold_scores(scores, issame, folds, n_folds)
     accs, thresholds = [], []
-    for f in fold_ids:
+    for k, f in enumerate(fold_ids):
         test = folds == f
-        threshold, _ = best_threshold(scores[~test], issame[~test])
-        accs.append(float(np.mean((scores[test] >= threshold) == issame[test])))
+        row = score_rows[k]
+        threshold, _ = best_threshold(row[~test], issame[~test])
+        accs.append(float(np.mean((row[test] >= threshold) == issame[test])))
         thresholds.append(float(threshold))
     accs_arr = np.asarray(accs)
     return {
@@ -265,10 +305,16 @@ def verification_report(scores, issame, folds=None, fars=DEFAULT_FARS, n_folds: 
     ``best_threshold_accuracy`` and ``best_threshold`` (optimistic, see ``best_threshold_note``),
     ``auc``, ``eer``, ``eer_threshold``, ``tar_at_far`` (``{str(far): tar}``, supported FARs only),
     ``tar_at_far_thresholds``, ``tar_at_far_achieved_far``, ``tar_at_far_policy``.
+
+    ``scores`` may be (K, P) per-fold scores (see :func:`kfold_accuracy`); the k-fold accuracy then uses
+    each fold's row, and the pooled metrics (best threshold, AUC, EER, TAR@FAR) use the out-of-fold
+    scores (:func:`out_of_fold_scores`).
     """
+    kf = kfold_accuracy(scores, issame, folds=folds, n_folds=n_folds)
+    if np.ndim(scores) == 2:
+        scores = out_of_fold_scores(scores, issame, folds=folds, n_folds=n_folds)
     scores, issame = _check_inputs(scores, issame)
     n_pos, n_neg = _class_counts(issame)
-    kf = kfold_accuracy(scores, issame, folds=folds, n_folds=n_folds)
     best_t, best_acc = best_threshold(scores, issame)
     eer_value, eer_t = eer(scores, issame)
     points = _tar_at_far_points(scores, issame, fars)
