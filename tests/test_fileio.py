@@ -27,3 +27,12 @@ def test_failure_inside_the_block_keeps_the_old_file_and_no_temp(tmp_path):
             raise RuntimeError("killed mid-write")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(str(tmp_path / "report.json"), "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644

@@ -12,6 +12,21 @@ import os
 import tempfile
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask's set-and-restore would
+    briefly give files created by other threads mode 0666)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb", encoding: str | None = None):
     """Context manager yielding a file object whose content replaces `path` only if the block completes.
@@ -27,6 +42,9 @@ def atomic_open(path: str, mode: str = "wb", encoding: str | None = None):
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask), so
+        # reports and plots stay readable by e.g. a web server, as before the atomic write.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
