@@ -68,9 +68,22 @@ def test_rerun_resumes_and_continues(run, tmp_path):
 
 def test_export_cli_matches_training_export(run, tmp_path):
     workdir, _ = run
+    thresholds = {"format": "tfface-thresholds/1", "similarity": "cosine", "flip_fusion": "sum",
+                  "default_far": "0.001", "thresholds": {"0.001": {"far": 0.001, "threshold": 0.42}}}
+    (tmp_path / "thresholds.json").write_text(json.dumps(thresholds))
     subprocess.run([sys.executable, "-m", "tfface.cli.export", f"--workdir={workdir}",
-                    f"--export_base={tmp_path}", "--model_name=m", "--version=7"],
+                    f"--export_base={tmp_path}", "--model_name=m", "--version=7",
+                    f"--thresholds={tmp_path / 'thresholds.json'}"],
                    check=True, capture_output=True, text=True, timeout=300)
+    assets = tmp_path / "m" / "7" / "assets"
+    assert json.loads((assets / "thresholds.json").read_text()) == thresholds  # verify()'s default lives here
+    assert json.loads((assets / "tfface.json").read_text())["thresholds"] == thresholds
+    (tmp_path / "bad.json").write_text("{}")
+    bad = subprocess.run([sys.executable, "-m", "tfface.cli.export", f"--workdir={workdir}",
+                          f"--export_base={tmp_path}", "--model_name=m", f"--thresholds={tmp_path / 'bad.json'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--thresholds" in bad.stderr and "not a tfface thresholds file" in bad.stderr
+    assert sorted(os.listdir(tmp_path / "m")) == ["7"]
     images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     a = tf.saved_model.load(str(tmp_path / "m" / "7")).signatures["serving_default"](images=images)["embeddings"]
     b = tf.saved_model.load(str(workdir / "export" / "tfface" / "1")).signatures["serving_default"](

@@ -16,6 +16,8 @@ flags.DEFINE_integer("version", None, "Integer version (default: one more than t
                      lower_bound=0)
 flags.DEFINE_enum("weights", None, ["ema", "raw"],
                   "Which weights to export (default: the run's --export_weights if it kept an EMA, else raw).")
+flags.DEFINE_string("thresholds", None, "A thresholds.json from `tfface-eval --calibrate_far` to ship in the "
+                    "export's assets (the default threshold of verify()).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -25,10 +27,17 @@ def main(argv):
     config_path = os.path.join(FLAGS.workdir, "config.json")
     if not os.path.isfile(config_path):
         raise app.UsageError(f"--workdir={FLAGS.workdir}: no config.json (not a tfface-train work directory)")
+    if FLAGS.thresholds:
+        from tfface.eval.calibration import read_thresholds
+
+        try:
+            read_thresholds(FLAGS.thresholds)  # before the model is restored: a bad file fails fast
+        except (OSError, ValueError) as e:
+            raise app.UsageError(f"--thresholds: {e}") from e
     from tfface.train.workdir import export_from_workdir
 
     path = export_from_workdir(FLAGS.workdir, export_base=FLAGS.export_base, model_name=FLAGS.model_name,
-                               version=FLAGS.version, weights=FLAGS.weights)
+                               version=FLAGS.version, weights=FLAGS.weights, thresholds=FLAGS.thresholds)
     print(path)
 
 

@@ -43,7 +43,7 @@ class _EmbeddingModule(tf.Module):
 
 
 def export_saved_model(model, export_base: str, model_name: str, version: int | None = None,
-                       metadata: dict | None = None) -> str:
+                       metadata: dict | None = None, extra_assets: dict[str, str] | None = None) -> str:
     """Export the embedding `model` (float pixels 0..255 → L2-normalised embeddings) for TF-Serving.
 
     Args:
@@ -53,6 +53,7 @@ def export_saved_model(model, export_base: str, model_name: str, version: int | 
       model_name: the model's directory name.
       version: integer version; ``None`` picks one more than the highest present (1 when empty).
       metadata: extra JSON-serialisable facts stored in ``assets/tfface.json``.
+      extra_assets: ``{asset file name: source path}`` copied into ``assets/`` (e.g. ``thresholds.json``).
 
     Returns the final version directory. Raises FileExistsError if that version already exists.
     """
@@ -88,6 +89,10 @@ def export_saved_model(model, export_base: str, model_name: str, version: int | 
                                                "outputs": {"embeddings": "float32 [N,D]"}}},
         }
         info.update(metadata or {})
+        for name, source in (extra_assets or {}).items():
+            if os.path.basename(name) != name or name == ASSET_NAME:
+                raise ValueError(f"asset name must be a plain file name other than {ASSET_NAME}, got {name!r}")
+            shutil.copyfile(source, os.path.join(asset_dir, name))
         with open(os.path.join(asset_dir, ASSET_NAME), "w", encoding="utf-8") as fh:
             json.dump(info, fh, indent=2, sort_keys=True)
         os.rename(tmp, final)

@@ -160,13 +160,18 @@ def export_metadata(cfg: TrainConfig, num_classes: int | None, verification: dic
 
 
 def export_from_workdir(workdir: str, export_base: str | None = None, model_name: str | None = None,
-                        version: int | None = None, checkpoint: str | None = None, weights: str | None = None) -> str:
+                        version: int | None = None, checkpoint: str | None = None, weights: str | None = None,
+                        thresholds: str | None = None) -> str:
     """Export the latest (or given) checkpoint of a run as a versioned SavedModel; return its directory.
 
     `weights`: 'ema' or 'raw'; default the run's --export_weights when it kept an EMA, else 'raw'.
+    `thresholds`: a ``thresholds.json`` from ``tfface-eval --calibrate_far`` (checked first); it is copied
+    to ``assets/thresholds.json`` and its content stored under ``thresholds`` in ``assets/tfface.json``.
     """
+    from tfface.eval.calibration import read_thresholds
     from tfface.serving.exporter import export_saved_model
 
+    calibrated = read_thresholds(thresholds) if thresholds else None
     weights = export_weights_of(load_config(workdir), weights)
     cfg, model, path = restore_embedding_model(workdir, checkpoint, weights=weights)
     final = {}
@@ -183,5 +188,8 @@ def export_from_workdir(workdir: str, export_base: str | None = None, model_name
     meta = export_metadata(cfg, num_classes, verification)
     meta["checkpoint"] = os.path.basename(path)
     meta["weights"] = weights
+    if calibrated is not None:
+        meta["thresholds"] = calibrated
     return export_saved_model(model, export_base or os.path.join(workdir, "export"),
-                              model_name or cfg.export_name, version=version, metadata=meta)
+                              model_name or cfg.export_name, version=version, metadata=meta,
+                              extra_assets={"thresholds.json": thresholds} if thresholds else None)
