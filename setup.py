@@ -27,8 +27,11 @@ setup(
     extras_require={
         # matplotlib: its wheel ships a real face photo (sample_data/grace_hopper.jpg) the detector tests use,
         # Pillow writes the CMYK JPEGs of the bad-input tests.
-        "dev": ["pytest", "pytest-xdist", "scikit-learn", "ruff", "matplotlib", "pillow"],
+        # faiss-cpu: the Gallery's FAISS backend is tested in CI, not skipped.
+        "dev": ["pytest", "pytest-xdist", "scikit-learn", "ruff", "matplotlib>=3.6", "pillow", "faiss-cpu"],
         "faiss": ["faiss-cpu"],
+        # tfface-eval --plots_dir and tfface.eval.plots (ROC, score histogram, CMC, distractor curve).
+        "plots": ["matplotlib>=3.6"],
         "onnx": ["tf2onnx", "onnxruntime"],
         # tfface-convert: reads arcface_torch / InsightFace ONNX weights (no onnx-tf, no onnxruntime).
         "convert": ["onnx"],

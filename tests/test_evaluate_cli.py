@@ -200,4 +200,112 @@ def test_cli_bin_errors(workspace, tmp_path):
     assert result.returncode != 0 and "--bin" in result.stderr and not marker.exists()
     # --bin replaces the folder + pairs inputs; giving both is an error naming the flags.
     result = _run(*_flags(workspace), f"--bin={evil}")
-    assert result.returncode != 0 and "--bin replaces" in result.stderr
+    assert result.returncode != 0 and "exactly one source" in result.stderr and "--bin" in result.stderr
+
+
+def _write_image(path, rgb, rng, size=(20, 24)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = np.clip(np.array(rgb) + rng.normal(0, 25, (*size, 3)), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(path), img[..., ::-1])
+
+
+def test_cli_pairs_csv_two_folders_pca_distance_plots_and_calibration(workspace, tmp_path):
+    pytest.importorskip("matplotlib")
+    from tfface.data.pairs import read_pairs_csv
+    from tfface.eval.calibration import read_thresholds
+
+    rng = np.random.default_rng(3)
+    rows = ["left,right,same,fold"]
+    for k in range(40):  # 'ids' and 'selfies' hold different images under the same relative names
+        a, b = sorted(NAMES)[k % 4], sorted(NAMES)[(k + 1 + k // 4 % 3) % 4]
+        _write_image(tmp_path / "ids" / a / f"{k}.png", NAMES[a], rng)
+        same = k % 2 == 0
+        _write_image(tmp_path / "selfies" / a / f"{k}.png", NAMES[a if same else b], rng)
+        rows.append(f"{a}/{k}.png,{a}/{k}.png,{int(same)},{k // 10}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    common = [f"--model={workspace / 'model'}", f"--left_dir={tmp_path / 'ids'}", f"--right_dir={tmp_path / 'selfies'}",
+              f"--pairs_csv={tmp_path / 'pairs.csv'}", "--flip_fusion=none"]
+    out = tmp_path / "l2.json"
+    result = _run(*common, "--distance=squared_l2", f"--plots_dir={tmp_path / 'plots'}", "--calibrate_far=0.1",
+                  f"--thresholds_output={tmp_path / 'thresholds.json'}", f"--output={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    pi = load_pair_images(str(tmp_path / "ids"), read_pairs_csv(tmp_path / "pairs.csv"), image_size=MODEL_SIZE,
+                          right_root=str(tmp_path / "selfies"))
+    expected = evaluate_pairs(numpy_embed, pi, flip_fusion="none", distance="squared_l2")
+    assert report["n_folds"] == 4 and report["num_images"] == 80 and report["distance"] == "squared_l2"
+    for key in ("accuracy_mean", "auc", "eer", "eer_threshold"):
+        assert report[key] == pytest.approx(expected[key], abs=1e-5), key
+    for name in ("roc.png", "score_histogram.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    thresholds = read_thresholds(str(tmp_path / "thresholds.json"))
+    entry = thresholds["thresholds"]["0.1"]
+    assert thresholds["similarity"] == "squared_l2" and thresholds["flip_fusion"] == "none"
+    assert entry["threshold"] == pytest.approx(report["tar_at_far_thresholds"]["0.1"])
+    assert "squared L2 distance" in result.stdout and "written to" in result.stdout
+
+    pca = _run(*common, "--pca_dim=3", f"--output={tmp_path / 'pca.json'}")
+    assert pca.returncode == 0, pca.stderr[-3000:]
+    expected = evaluate_pairs(numpy_embed, pi, flip_fusion="none", pca_dim=3)
+    assert json.loads((tmp_path / "pca.json").read_text())["accuracy_mean"] == pytest.approx(
+        expected["accuracy_mean"], abs=1e-6)
+    assert "PCA to 3 dims on the training folds" in pca.stdout
+
+
+def test_cli_identification_with_distractors_and_a_corrupt_file(workspace, tmp_path):
+    from tfface.eval import image_sets
+    from tfface.eval.identification import identification_report
+
+    rng = np.random.default_rng(4)
+    names = sorted(NAMES)
+    for name in names[:3]:  # enrolled: ann, bob, cy; 'dee' is only a probe (a non-mated search)
+        _write_image(tmp_path / "gallery" / name / "1.jpg", NAMES[name], rng)
+    for name in names:
+        for k in (2, 3):
+            _write_image(tmp_path / "probes" / name / f"{k}.jpg", NAMES[name], rng)
+    (tmp_path / "probes" / "ann" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    for k in range(30):
+        _write_image(tmp_path / "distractors" / f"d{k // 10}" / f"{k}.png", rng.integers(0, 256, 3), rng)
+    out = tmp_path / "1n.json"
+    result = _run(f"--model={workspace / 'model'}", f"--gallery_dir={tmp_path / 'gallery'}",
+                  f"--probe_dir={tmp_path / 'probes'}", f"--distractors={tmp_path / 'distractors'}",
+                  "--distractor_counts=10,30", "--flip_fusion=none", f"--output={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["num_gallery_identities"] == 3 and report["num_probes"] == 6 and report["num_nonmated_probes"] == 2
+    assert report["num_skipped_files"] == {"gallery": 0, "probes": 1, "distractors": 0}
+    assert report["skipped_files"]["probes"][0]["path"].endswith("broken.jpg")
+    opts = {"image_size": MODEL_SIZE, "flip_fusion": "none"}
+    g = image_sets.embed_identity_folder(numpy_embed, str(tmp_path / "gallery"), **opts)
+    p = image_sets.embed_identity_folder(numpy_embed, str(tmp_path / "probes"), **opts)
+    d = image_sets.embed_distractors(numpy_embed, str(tmp_path / "distractors"), 6, **opts)
+    mated, mated_labels, nonmated = image_sets.split_probes(g.labels, p)
+    expected = identification_report(g.embeddings, g.labels, mated, mated_labels, nonmated_probe_embeddings=nonmated,
+                                     distractor_embeddings=d.embeddings, counts=[10, 30])
+    assert report["closed_set"]["rank_accuracy"] == pytest.approx(expected["closed_set"]["rank_accuracy"])
+    assert report["open_set"]["tpir_at_fpir"] == pytest.approx(expected["open_set"]["tpir_at_fpir"])
+    assert report["distractor_curve"]["rank1"] == pytest.approx(expected["distractor_curve"]["rank1"])
+    assert "closed-set rank-1" in result.stdout and "skipped unreadable files: probes 1" in result.stdout
+
+    # Distractors as a .npy of embeddings give the same curve; a wrong width is refused, naming the flag.
+    np.save(tmp_path / "d.npy", d.embeddings)
+    np.save(tmp_path / "wrong.npy", d.embeddings[:, :4])
+    common = [f"--model={workspace / 'model'}", f"--gallery_dir={tmp_path / 'gallery'}",
+              f"--probe_dir={tmp_path / 'probes'}", "--flip_fusion=none", "--distractor_counts=10,30"]
+    npy = _run(*common, f"--distractors={tmp_path / 'd.npy'}", f"--output={tmp_path / 'npy.json'}")
+    assert npy.returncode == 0, npy.stderr[-3000:]
+    curve = json.loads((tmp_path / "npy.json").read_text())["distractor_curve"]["rank1"]
+    assert curve == pytest.approx(report["distractor_curve"]["rank1"], abs=1e-6)
+    wrong = _run(*common, f"--distractors={tmp_path / 'wrong.npy'}")
+    assert wrong.returncode != 0 and "--distractors" in wrong.stderr and "4 dims" in wrong.stderr
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--pca_dim=4", "--calibrate_far=0.1"], "--calibrate_far cannot be used with --pca_dim"),
+    (["--distractors=/tmp"], "need --gallery_dir and --probe_dir"),
+    (["--calibrate_far=2"], "--calibrate_far"),
+    (["--left_dir=/tmp"], "exactly one source"),
+])
+def test_cli_verification_flag_combinations(workspace, extra, message):
+    result = _run(*_flags(workspace), *extra)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
