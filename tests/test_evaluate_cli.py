@@ -269,8 +269,10 @@ def test_cli_identification_with_distractors_and_a_corrupt_file(workspace, tmp_p
     out = tmp_path / "1n.json"
     result = _run(f"--model={workspace / 'model'}", f"--gallery_dir={tmp_path / 'gallery'}",
                   f"--probe_dir={tmp_path / 'probes'}", f"--distractors={tmp_path / 'distractors'}",
-                  "--distractor_counts=10,30", "--flip_fusion=none", f"--output={out}")
+                  "--distractor_counts=10,30", "--flip_fusion=none", f"--output={out}",
+                  f"--plots_dir={tmp_path / 'plots'}")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "plots")) == ["cmc.png", "distractor_curve.png"]
     report = json.loads(out.read_text())
     assert report["num_gallery_identities"] == 3 and report["num_probes"] == 6 and report["num_nonmated_probes"] == 2
     assert report["num_skipped_files"] == {"gallery": 0, "probes": 1, "distractors": 0}

@@ -120,30 +120,6 @@ def test_score_histogram_single_class_is_fine(tmp_path):
     plots.score_histogram_figure(np.full(5, 0.3), np.zeros(5, bool))
 
 
-def test_cmc_and_distractor_curves(tmp_path):
-    cmc = {"A": [0.9, 0.95, 0.97, 0.99], "B": np.array([0.8, 0.85, 0.9, 0.92])}
-    _assert_png(plots.plot_cmc(str(tmp_path / "cmc.png"), cmc, title="CMC", dpi=40), dpi=40)
-    assert set(_lines(plots.cmc_figure(cmc), "cmc:")) == {"A", "B"}
-    counts = [1_000_000, 10, 1000]  # any order: drawn sorted
-    fig = plots.distractor_figure(counts, [0.9, 0.99, 0.97])
-    ax = fig.axes[0]
-    assert ax.get_xscale() == "log"
-    line = _lines(fig, "distractors:")[""]
-    assert list(line.get_xdata()) == [10, 1000, 1_000_000]
-    assert list(line.get_ydata()) == [0.99, 0.97, 0.9]
-    path = plots.plot_distractor_curve(str(tmp_path / "mf.png"), counts, {"A": [0.9, 0.99, 0.97]}, dpi=40)
-    _assert_png(path, dpi=40)
-    # The {str(count): rate} mapping of identification.distractor_curve's report, alone or per model.
-    report = {"counts": [10, 100], "rank1": {"10": 0.99, "100": 0.95}}
-    for rank1 in (report["rank1"], {"A": report["rank1"], "B": {"100": 0.9, "10": 0.97}}):
-        fig = plots.distractor_figure(report["counts"], rank1)
-        ys = {name: list(ln.get_ydata()) for name, ln in _lines(fig, "distractors:").items()}
-        assert ys[next(iter(ys))] == [0.99, 0.95]
-    assert ys["B"] == [0.97, 0.9]
-    with pytest.raises(ValueError, match="no rate for distractor count"):
-        plots.distractor_figure([10, 1000], report["rank1"])
-
-
 def test_failed_render_leaves_no_file(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
@@ -273,13 +249,3 @@ def test_bad_inputs():
         plots.score_histogram_figure(scores, issame, bins=0)
     with pytest.raises(ValueError, match="bins"):
         plots.score_histogram_figure(scores, issame, bins=[0.5, 0.1])
-    with pytest.raises(ValueError, match="cumulative"):
-        plots.cmc_figure([0.9, 0.05, 0.03])
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        plots.cmc_figure({"A": [90.0, 95.0]})  # percentages instead of fractions
-    with pytest.raises(ValueError, match="nothing to plot"):
-        plots.cmc_figure({})
-    with pytest.raises(ValueError, match="> 0"):
-        plots.distractor_figure([0, 10], [1.0, 0.9])
-    with pytest.raises(ValueError, match="distractor counts"):
-        plots.distractor_figure([10, 100], {"A": [0.9]})

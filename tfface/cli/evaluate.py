@@ -336,7 +336,7 @@ def _write_plots(report, scores, issame, plots_dir) -> list[str]:
 
 def _write_identification_plots(report, plots_dir) -> list[str]:
     """cmc.png, and distractor_curve.png when distractors were given."""
-    from tfface.eval import plots
+    from tfface.eval import identification_plots as plots
 
     paths = [plots.plot_cmc(os.path.join(plots_dir, "cmc.png"), report["closed_set"]["cmc"],
                             title=f"CMC, {report['num_gallery_identities']} enrolled identities")]
