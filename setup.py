@@ -28,11 +28,13 @@ setup(
         # matplotlib: its wheel ships a real face photo (sample_data/grace_hopper.jpg) the detector tests use,
         # Pillow writes the CMYK JPEGs of the bad-input tests.
         # faiss-cpu: the Gallery's FAISS backend is tested in CI, not skipped.
-        "dev": ["pytest", "pytest-xdist", "scikit-learn", "ruff", "matplotlib>=3.6", "pillow", "faiss-cpu"],
+        # tf2onnx + onnxruntime: the ONNX export is tested in CI too.
+        "dev": ["pytest", "pytest-xdist", "scikit-learn", "ruff", "matplotlib>=3.6", "pillow", "faiss-cpu",
+                "tf2onnx>=1.17", "onnxruntime"],
         "faiss": ["faiss-cpu"],
         # tfface-eval --plots_dir and tfface.eval.plots (ROC, score histogram, CMC, distractor curve).
         "plots": ["matplotlib>=3.6"],
-        "onnx": ["tf2onnx", "onnxruntime"],
+        "onnx": ["tf2onnx>=1.17", "onnxruntime"],  # 1.17.0 works with TF 2.21, numpy 2.4, protobuf 7
         # tfface-convert: reads arcface_torch / InsightFace ONNX weights (no onnx-tf, no onnxruntime).
         "convert": ["onnx"],
         # Tests of tfface-convert build the PyTorch reference networks and export them to ONNX. 2.13.0 is the

@@ -18,6 +18,9 @@ flags.DEFINE_enum("weights", None, ["ema", "raw"],
                   "Which weights to export (default: the run's --export_weights if it kept an EMA, else raw).")
 flags.DEFINE_string("thresholds", None, "A thresholds.json from `tfface-eval --calibrate_far` to ship in the "
                     "export's assets (the default threshold of verify()).")
+flags.DEFINE_enum("flip_fusion", "none", ["none", "sum"],
+                  "Flip-test fusion inside the SavedModel: 'sum' embeds each crop and its mirror and returns the "
+                  "L2-normalised sum (in both signatures; recorded in assets/tfface.json).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -37,7 +40,8 @@ def main(argv):
     from tfface.train.workdir import export_from_workdir
 
     path = export_from_workdir(FLAGS.workdir, export_base=FLAGS.export_base, model_name=FLAGS.model_name,
-                               version=FLAGS.version, weights=FLAGS.weights, thresholds=FLAGS.thresholds)
+                               version=FLAGS.version, weights=FLAGS.weights, thresholds=FLAGS.thresholds,
+                               flip_fusion=FLAGS.flip_fusion)
     print(path)
 
 

@@ -90,7 +90,7 @@ def embed_images(embed_fn: Callable, images: np.ndarray, batch_size: int = 64,
     return np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
 
 
-def _read_rgb(path: str, image_size: tuple[int, int] | None) -> np.ndarray:
+def read_rgb(path: str, image_size: tuple[int, int] | None) -> np.ndarray:
     """Reads one image as uint8 RGB (H, W, 3), resized to ``image_size`` (H, W) if given."""
     try:
         # np.fromfile + imdecode (instead of imread) works for non-ASCII paths and lets missing
@@ -143,7 +143,7 @@ def load_images(root: str, relpaths: Sequence[str], image_size: tuple[int, int] 
     # cv2 decoding releases the GIL, so threads give a real speed-up without pickling images.
     workers = num_workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        images = list(pool.map(lambda p: _read_rgb(p, image_size), paths))
+        images = list(pool.map(lambda p: read_rgb(p, image_size), paths))
     first = images[0].shape
     for p, im in zip(paths, images, strict=True):
         if im.shape != first:

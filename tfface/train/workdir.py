@@ -161,12 +161,13 @@ def export_metadata(cfg: TrainConfig, num_classes: int | None, verification: dic
 
 def export_from_workdir(workdir: str, export_base: str | None = None, model_name: str | None = None,
                         version: int | None = None, checkpoint: str | None = None, weights: str | None = None,
-                        thresholds: str | None = None) -> str:
+                        thresholds: str | None = None, flip_fusion: str = "none") -> str:
     """Export the latest (or given) checkpoint of a run as a versioned SavedModel; return its directory.
 
     `weights`: 'ema' or 'raw'; default the run's --export_weights when it kept an EMA, else 'raw'.
     `thresholds`: a ``thresholds.json`` from ``tfface-eval --calibrate_far`` (checked first); it is copied
     to ``assets/thresholds.json`` and its content stored under ``thresholds`` in ``assets/tfface.json``.
+    `flip_fusion`: 'none' or 'sum' (see `tfface.serving.exporter`).
     """
     from tfface.eval.calibration import read_thresholds
     from tfface.serving.exporter import export_saved_model
@@ -192,4 +193,5 @@ def export_from_workdir(workdir: str, export_base: str | None = None, model_name
         meta["thresholds"] = calibrated
     return export_saved_model(model, export_base or os.path.join(workdir, "export"),
                               model_name or cfg.export_name, version=version, metadata=meta,
-                              extra_assets={"thresholds.json": thresholds} if thresholds else None)
+                              extra_assets={"thresholds.json": thresholds} if thresholds else None,
+                              flip_fusion=flip_fusion)
