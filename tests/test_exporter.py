@@ -233,3 +233,20 @@ def test_saved_model_cli_shows_both_signatures(exported):
     for body in (default, jpeg):
         assert "outputs['embeddings']" in body and "DT_FLOAT" in body and "(-1, 16)" in body
         assert "Method name is: tensorflow/serving/predict" in body
+
+
+def test_client_requests_fit_the_real_export(served):
+    """tfface.serving.client's REST bodies, decoded the way TF-Serving documents (test_client's emulation), run
+    against this exporter's own signatures: the names and dtypes the client sends are the ones exported."""
+    from test_client import _emulate_rest_predict
+
+    from tfface.serving import client
+
+    crops = _smooth_crops(3)
+    for body, expected in ((client.rest_request(images=crops), _embed(served, crops)),
+                           (client.rest_request(jpeg_bytes=[_png(c) for c in crops]), _embed(served, crops))):
+        response = _emulate_rest_predict(json.dumps(body), served.signatures)
+        np.testing.assert_allclose(client.parse_rest_response(response, expected_n=3), expected, atol=1e-6)
+    bad = _emulate_rest_predict(json.dumps(client.rest_request(jpeg_bytes=[b"not an image"])), served.signatures)
+    with pytest.raises(client.ServingError, match="Unknown image file format"):
+        client.parse_rest_response(bad)
