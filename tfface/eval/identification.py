@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfface.eval.verification import operating_points
+
 DEFAULT_RANKS = (1, 5)
 DEFAULT_FPIRS = (1e-1, 1e-2, 1e-3)
 # Similarity blocks are at most this many float64 entries (128 MiB), which bounds memory for large
@@ -205,19 +207,10 @@ def _tpir_at_fpir_points(hit_scores: np.ndarray, num_mated: int, nonmated_top: n
     tp = hit_scores.size - np.searchsorted(np.sort(hit_scores), values, side="left")
     fpir, tpir = np.r_[0.0, fp / n_nm], np.r_[0.0, tp / num_mated]
     thresholds = np.r_[np.inf, values]
-    out = {}
     for target in fpirs:
-        target = float(target)
-        if not 0 < target <= 1:
-            raise ValueError(f"FPIR targets must be in (0, 1], got {target}")
-        # One false alarm among n_nm is the smallest nonzero FPIR that can be measured.
-        if target * n_nm < 1.0 - 1e-9:
-            continue
-        i = int(np.searchsorted(fpir, target * (1 + 1e-12), side="right")) - 1
-        # Point 0 is "accept nothing" (+inf); report a finite, JSON-safe equivalent.
-        threshold = thresholds[i] if i > 0 else np.nextafter(thresholds[1], np.inf)
-        out[str(target)] = (float(tpir[i]), float(threshold), float(fpir[i]))
-    return out
+        if not 0 < float(target) <= 1:
+            raise ValueError(f"FPIR targets must be in (0, 1], got {float(target)}")
+    return operating_points(fpir, tpir, thresholds, fpirs, n_nm)
 
 
 def _open_summary(ranks_arr, mate_scores, nonmated_top, fpirs) -> dict:

@@ -132,24 +132,33 @@ def _far_key(far: float) -> str:
     return str(far)
 
 
+def operating_points(fpr, tpr, thresholds, targets, num_negative: int) -> dict[str, tuple[float, float, float]]:
+    """``{str(target): (tpr, threshold, achieved_fpr)}`` on an exact curve, for each measurable target rate.
+
+    ``fpr``/``tpr``/``thresholds`` are exact operating points from the strictest (point 0 = accept nothing,
+    threshold +inf) down, ``fpr`` non-decreasing. For each target the last (lowest-threshold) point whose
+    false-positive rate is <= target is taken: no interpolation. Targets below ``1 / num_negative`` are left
+    out. Shared by TAR@FAR here and TPIR@FPIR in :mod:`tfface.eval.identification`.
+    """
+    out = {}
+    for target in targets:
+        target = float(target)
+        # One false accept among num_negative is the smallest nonzero rate that can be measured; a target
+        # below it would be a made-up number.  The tolerance absorbs e.g. 1e-3 * 1000 rounding.
+        if target * num_negative < 1.0 - 1e-9:
+            continue
+        i = int(np.searchsorted(fpr, target * (1 + 1e-12), side="right")) - 1
+        # Point 0 is "accept nothing" (threshold +inf); report a finite, JSON-safe equivalent.
+        threshold = thresholds[i] if i > 0 else np.nextafter(thresholds[1], np.inf)
+        out[_far_key(target)] = (float(tpr[i]), float(threshold), float(fpr[i]))
+    return out
+
+
 def _tar_at_far_points(scores, issame, fars) -> dict[str, tuple[float, float, float]]:
     """``{str(far): (tar, threshold, achieved_far)}`` for each supported FAR (see tar_at_far)."""
     scores, issame = _check_inputs(scores, issame)
     fpr, tpr, thresholds = roc_curve(scores, issame)
-    n_neg = int(np.sum(~issame))
-    out = {}
-    for far in fars:
-        far = float(far)
-        # One false accept among n_neg is the smallest nonzero FAR that can be measured; a target
-        # below it would be a made-up number.  The tolerance absorbs e.g. 1e-3 * 1000 rounding.
-        if far * n_neg < 1.0 - 1e-9:
-            continue
-        # fpr is non-decreasing along the curve; take the last (lowest-threshold) point within target.
-        i = int(np.searchsorted(fpr, far * (1 + 1e-12), side="right")) - 1
-        # Point 0 is "accept nothing" (threshold +inf); report a finite, JSON-safe equivalent.
-        threshold = thresholds[i] if i > 0 else np.nextafter(thresholds[1], np.inf)
-        out[_far_key(far)] = (float(tpr[i]), float(threshold), float(fpr[i]))
-    return out
+    return operating_points(fpr, tpr, thresholds, fars, int(np.sum(~issame)))
 
 
 def tar_at_far(scores, issame, fars=DEFAULT_FARS) -> dict[str, float]:
